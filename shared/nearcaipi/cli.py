@@ -1,0 +1,257 @@
+"""The ``nearcaipi`` command line: train, predict, explain, start the stack, simulate a camera."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nearcaipi.config import StackSettings, TrainerSettings
+from nearcaipi.data import DatasetError, load_rgb, resolve_data_dir, restore_splits
+from nearcaipi.explanation import METHODS, ExplanationParameters, encode_map, explain, render_overlay
+from nearcaipi.logs import configure_logging
+from nearcaipi.models import BACKBONES, Classifier, load_checkpoint, save_checkpoint
+from nearcaipi.training import TRAINING_PROFILES
+
+logger = logging.getLogger("nearcaipi")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nearcaipi", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="Logging level (default INFO).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="Train a classifier and publish it as a model version.")
+    train.add_argument("--data", type=Path, help="Folder data set (default: the sample magnetic tiles).")
+    train.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18")
+    train.add_argument("--profile", choices=sorted(TRAINING_PROFILES), default="quick")
+    train.add_argument("--seed", type=int, default=0, help="Seed of the splits and of training.")
+    train.add_argument("--output", type=Path, help="Also write the checkpoint to this file.")
+    train.add_argument("--no-publish", action="store_true", help="Do not register the model in the stack's records.")
+
+    predict = commands.add_parser("predict", help="Classify image files as OK or NOK.")
+    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("--checkpoint", type=Path, help="Checkpoint file (default: the stack's promoted version).")
+
+    explain_command = commands.add_parser("explain", help="Compute a saliency map of one image.")
+    explain_command.add_argument("image", type=Path)
+    explain_command.add_argument("--method", choices=METHODS, default="invrise")
+    explain_command.add_argument("--checkpoint", type=Path, help="Checkpoint file (default: the promoted version).")
+    explain_command.add_argument("--masks", type=int, default=1000, help="Number of random masks N (default 1000).")
+    explain_command.add_argument("--cells", type=int, default=8, help="Mask grid size s (default 8).")
+    explain_command.add_argument("--batch-size", type=int, default=100, help="Masked images per forward pass.")
+    explain_command.add_argument("--seed", type=int, default=0)
+    explain_command.add_argument("--output", type=Path, help="Overlay PNG (default: <image>.<method>.png here).")
+    explain_command.add_argument("--map", type=Path, help="Also write the raw map as .npy (H x W float32).")
+
+    up = commands.add_parser("up", help="Start API, workers and console; train first if no model exists.")
+    up.add_argument("--data", type=Path, help="Folder data set (default: the sample magnetic tiles).")
+    up.add_argument("--port", type=int, default=8000, help="API port (default 8000).")
+    up.add_argument("--console-port", type=int, default=8501, help="Reviewer console port (default 8501).")
+    up.add_argument("--camera-rate", type=float, default=1.0, help="Images per second of the simulated camera.")
+    up.add_argument("--no-camera", action="store_true", help="Do not run the camera simulator.")
+
+    camera = commands.add_parser("camera", help="Post images to the API like a line camera.")
+    camera.add_argument("paths", nargs="*", type=Path, help="Image files or folders.")
+    camera.add_argument("--split", choices=("train", "validation", "test", "pool"),
+                        help="Post this split of the promoted model's data set instead of paths.")
+    camera.add_argument("--api", default="http://127.0.0.1:8000", help="Base URL of the inference API.")
+    camera.add_argument("--rate", type=float, default=1.0, help="Images per second (0: as fast as possible).")
+    camera.add_argument("--camera-id", default="camera-1")
+    camera.add_argument("--limit", type=int, help="Post at most this many images.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    configure_logging(arguments.log_level)
+    handlers = {
+        "train": _train,
+        "predict": _predict,
+        "explain": _explain,
+        "up": _up,
+        "camera": _camera,
+    }
+    try:
+        return handlers[arguments.command](arguments)
+    except (DatasetError, FileNotFoundError, LookupError, ValueError) as error:
+        print(f"nearcaipi {arguments.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _open_stack(settings: StackSettings):
+    from nearcaipi.storage.objects import open_object_store
+    from nearcaipi.storage.records import RecordStore
+
+    records = RecordStore(settings.database_url)
+    records.create_schema()
+    return records, open_object_store(settings)
+
+
+def _load_classifier(checkpoint: Path | None) -> Classifier:
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint.read_bytes())
+
+    records, objects = _open_stack(StackSettings())
+    record = records.promoted_model_version()
+    if record is None:
+        raise LookupError("no model version is promoted; run 'nearcaipi train' or pass --checkpoint")
+    return load_checkpoint(objects.get(record.checkpoint_key))
+
+
+def _train(arguments: argparse.Namespace) -> int:
+    from nearcaipi.data import discover_samples, split_samples
+    from nearcaipi.training import evaluate, train_classifier
+    from nearcaipi.workflows import train_evaluate_publish
+
+    settings = TrainerSettings()
+    data_dir = resolve_data_dir(arguments.data or settings.data_dir, settings.home / "datasets")
+    if arguments.no_publish:
+        splits = split_samples(discover_samples(data_dir), seed=arguments.seed)
+        profile = TRAINING_PROFILES[arguments.profile]
+        classifier, report = train_classifier(splits, data_dir, arguments.backbone, profile, seed=arguments.seed)
+        classifier.card.test_metrics = evaluate(classifier, splits["test"])
+        version, promoted = None, False
+    else:
+        records, objects = _open_stack(settings)
+        published = train_evaluate_publish(
+            data_dir, records, objects, arguments.backbone, arguments.profile, arguments.seed
+        )
+        classifier, report = published.classifier, published.report
+        version, promoted = published.version, published.promoted
+
+    if arguments.output:
+        arguments.output.write_bytes(save_checkpoint(classifier.network, classifier.card))
+    test = classifier.card.test_metrics
+    print(
+        f"trained {arguments.backbone} ({arguments.profile} profile) in {report.seconds:.0f} s, "
+        f"{report.epochs_run} epochs (best {report.best_epoch})\n"
+        f"test accuracy {test['accuracy']:.3f}  F1 {test['f1']:.3f}  MCC {test['mcc']:.3f}"
+    )
+    if version is not None:
+        print(f"model version {version} {'promoted' if promoted else 'kept as a candidate'}")
+    return 0
+
+
+def _predict(arguments: argparse.Namespace) -> int:
+    classifier = _load_classifier(arguments.checkpoint)
+    for path in arguments.images:
+        p_nok = classifier.predict([load_rgb(path)])[0]
+        print(f"{path}\t{'NOK' if p_nok >= 0.5 else 'OK'}\tp_nok={p_nok:.4f}")
+    return 0
+
+
+def _explain(arguments: argparse.Namespace) -> int:
+    classifier = _load_classifier(arguments.checkpoint)
+    image = load_rgb(arguments.image)
+    parameters = ExplanationParameters(
+        masks=arguments.masks, cells=arguments.cells, batch_size=arguments.batch_size, seed=arguments.seed
+    )
+
+    started = time.perf_counter()
+    explanation = explain(classifier, image, arguments.method, parameters)
+    seconds = time.perf_counter() - started
+
+    output = arguments.output or Path(f"{arguments.image.stem}.{arguments.method}.png")
+    output.write_bytes(render_overlay(image, explanation.saliency, explanation.flat))
+    if arguments.map:
+        arguments.map.write_bytes(encode_map(explanation.saliency))
+    peak = np.unravel_index(int(np.argmax(explanation.saliency)), explanation.saliency.shape)
+    print(
+        f"{arguments.method} map of {arguments.image}: {explanation.saliency.shape[0]} x {explanation.saliency.shape[1]}, "
+        f"class {classifier.card.class_names[explanation.target_class]} "
+        f"(p {explanation.target_probability:.3f}), peak at row {peak[0]} column {peak[1]}"
+        f"{', flat: the masks did not change the prediction' if explanation.flat else ''}, "
+        f"{seconds:.1f} s for {parameters.masks} masks\noverlay written to {output}"
+    )
+    return 0
+
+
+def _camera(arguments: argparse.Namespace) -> int:
+    from nearcaipi.camera import image_files, run_camera
+
+    if arguments.split:
+        files = _split_files(arguments.split)
+    elif arguments.paths:
+        files = image_files(arguments.paths)
+    else:
+        raise ValueError("give image files or folders, or --split")
+    files = files[: arguments.limit] if arguments.limit else files
+
+    report = run_camera(files, arguments.api, arguments.rate, arguments.camera_id)
+    _print_camera_report(report)
+    return 0 if report.failed == 0 else 1
+
+
+def _split_files(split: str) -> list[Path]:
+    records, _ = _open_stack(StackSettings())
+    record = records.promoted_model_version()
+    if record is None:
+        raise LookupError("no model version is promoted, so there is no recorded split to post")
+    data_root = Path(record.training["data_root"])
+    return [sample.path for sample in restore_splits({split: record.splits[split]}, data_root)[split]]
+
+
+def _print_camera_report(report) -> None:
+    latencies = report.latencies_ms or [float("nan")]
+    print(
+        f"camera: {report.posted} posted ({report.nok} NOK), {report.rejected} rejected, {report.failed} failed; "
+        f"verdict latency median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms"
+    )
+
+
+def _up(arguments: argparse.Namespace) -> int:
+    from nearcaipi.camera import run_camera
+    from nearcaipi.stack import Stack, service_commands, wait_until_healthy
+    from nearcaipi.workflows import train_evaluate_publish
+
+    settings = TrainerSettings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    data_dir = resolve_data_dir(arguments.data or settings.data_dir, settings.home / "datasets")
+    records, objects = _open_stack(settings)
+    if records.promoted_model_version() is None:
+        logger.info("No model version yet: training the initial model (%s profile) on %s", settings.training_profile, data_dir)
+        train_evaluate_publish(data_dir, records, objects, settings.backbone, settings.training_profile, settings.split_seed)
+
+    environment = {"NEARCAIPI_HOME": str(settings.home), "NEARCAIPI_DATA_DIR": str(data_dir)}
+    stack = Stack(environment)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    api_url = f"http://127.0.0.1:{arguments.port}"
+    try:
+        for name, command in service_commands("127.0.0.1", arguments.port, arguments.console_port).items():
+            stack.start(name, command)
+        wait_until_healthy(f"{api_url}/healthz", timeout=120, stack=stack)
+        logger.info("API on %s (docs at %s/docs), console on http://127.0.0.1:%d", api_url, api_url, arguments.console_port)
+
+        if not arguments.no_camera:
+            files = _split_files("test")
+            logger.info("Camera simulator: posting %d held-out test images at %.1f per second", len(files), arguments.camera_rate)
+            camera = threading.Thread(
+                target=lambda: _print_camera_report(run_camera(files, api_url, arguments.camera_rate, stop=stop)),
+                name="camera",
+                daemon=True,
+            )
+            camera.start()
+
+        logger.info("Stack running; press Ctrl-C to stop")
+        while not stop.wait(1.0):
+            if stack.exited():
+                logger.error("A service exited: %s; stopping the stack", stack.exited())
+                return 1
+        return 0
+    finally:
+        stack.stop()
+        logger.info("Stack stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The steps of an inspection between the adapters and the domain core, shared by the services.
+
+Routes and tasks stay thin: they call these functions with ids, and these load, compute and store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from nearcaipi.data import CLASS_NAMES, NOK
+from nearcaipi.explanation import ExplanationParameters, Method, encode_map, explain, render_overlay
+from nearcaipi.imaging import decode_image
+from nearcaipi.models import Classifier, load_checkpoint, save_checkpoint
+from nearcaipi.storage.objects import ObjectStore
+from nearcaipi.storage.records import ModelVersionRecord, RecordStore
+
+logger = logging.getLogger(__name__)
+
+
+def saliency_key(image_id: str, model_version: int, method: str) -> str:
+    return f"saliency/{image_id}/v{model_version}-{method}.npy"
+
+
+def overlay_key(image_id: str, model_version: int, method: str) -> str:
+    return f"overlays/{image_id}/v{model_version}-{method}.png"
+
+
+def label_of(p_nok: float) -> str:
+    """Verdict of a NOK probability: NOK from 0.5 on, the argmax of two classes."""
+    return CLASS_NAMES[NOK] if p_nok >= 0.5 else CLASS_NAMES[1 - NOK]
+
+
+class ModelCache:
+    """Classifiers by model version, loaded from the object store on first use (the newest few are kept)."""
+
+    def __init__(self, records: RecordStore, objects: ObjectStore, capacity: int = 2) -> None:
+        self.records = records
+        self.objects = objects
+        self.capacity = capacity
+        self._loaded: OrderedDict[int, Classifier] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, version: int) -> Classifier:
+        with self._lock:
+            if version in self._loaded:
+                self._loaded.move_to_end(version)
+                return self._loaded[version]
+
+            record = self.records.get_model_version(version)
+            if record is None:
+                raise LookupError(f"model version {version} does not exist")
+            started = time.perf_counter()
+            classifier = load_checkpoint(self.objects.get(record.checkpoint_key))
+            logger.info(
+                "Loaded model version %d (%s, %d px) in %.1f s",
+                version,
+                record.backbone,
+                record.input_size,
+                time.perf_counter() - started,
+            )
+
+            self._loaded[version] = classifier
+            while len(self._loaded) > self.capacity:
+                self._loaded.popitem(last=False)
+            return classifier
+
+
+class ServedModel:
+    """The promoted model version, re-checked in the records at most every ``refresh_seconds`` (hot reload)."""
+
+    def __init__(self, cache: ModelCache, refresh_seconds: float) -> None:
+        self.cache = cache
+        self.refresh_seconds = refresh_seconds
+        self._version: int | None = None
+        self._checked_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def current(self) -> tuple[int, Classifier] | None:
+        """Return the served version and its classifier, or None while no version is promoted."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at >= self.refresh_seconds:
+                record = self.cache.records.promoted_model_version()
+                version = record.version if record else None
+                if version != self._version:
+                    logger.info("Serving model version %s (was %s)", version, self._version)
+                self._version, self._checked_at = version, now
+            version = self._version
+
+        if version is None:
+            return None
+        return version, self.cache.get(version)
+
+
+def publish_model(
+    classifier: Classifier, records: RecordStore, objects: ObjectStore, promote: bool, test_metrics: dict | None = None
+) -> int:
+    """Store a checkpoint (keyed by its content hash) and register it as a model version."""
+    checkpoint = save_checkpoint(classifier.network, classifier.card)
+    key = f"checkpoints/{hashlib.sha256(checkpoint).hexdigest()[:24]}.pt"
+    objects.put(key, checkpoint)
+
+    card = classifier.card
+    record = ModelVersionRecord(
+        backbone=card.backbone,
+        input_size=card.input_size,
+        checkpoint_key=key,
+        data_fingerprint=card.data_fingerprint,
+        validation_metrics=card.validation_metrics,
+        test_metrics=test_metrics or card.test_metrics,
+        training={**card.training, "data_root": card.data_root, "pretrained": card.pretrained},
+        splits=card.splits,
+    )
+    return records.register_model_version(record, promote=promote)
+
+
+@dataclass(frozen=True)
+class ExplanationOutcome:
+    image_id: str
+    model_version: int
+    method: str
+    computed: bool
+    seconds: float = 0.0
+
+
+def run_explanation(
+    image_id: str,
+    model_version: int,
+    method: Method,
+    records: RecordStore,
+    objects: ObjectStore,
+    models: ModelCache,
+    parameters: ExplanationParameters,
+) -> ExplanationOutcome:
+    """Compute, store and record one explanation. Already done: nothing is recomputed.
+
+    Storing is idempotent: the map and overlay keys depend only on image, model version and method.
+    """
+    image = records.get_image(image_id)
+    if image is None:
+        raise LookupError(f"image {image_id} does not exist")
+    claimed = records.claim_explanation(image_id, model_version, method)
+    if claimed is None:
+        logger.info("Explanation of image %s (model version %d, %s) is already done", image_id, model_version, method)
+        return ExplanationOutcome(image_id, model_version, method, computed=False)
+
+    try:
+        started = time.perf_counter()
+        pixels = decode_image(objects.get(image.object_key), max_pixels=image.width * image.height).pixels
+        explanation = explain(models.get(model_version), pixels, method, parameters)
+        seconds = time.perf_counter() - started
+
+        map_key = saliency_key(image_id, model_version, method)
+        picture_key = overlay_key(image_id, model_version, method)
+        objects.put(map_key, encode_map(explanation.saliency))
+        objects.put(picture_key, render_overlay(pixels, explanation.saliency, explanation.flat), "image/png")
+    except Exception as error:
+        records.fail_explanation(claimed.id, f"{type(error).__name__}: {error}")
+        raise
+
+    records.finish_explanation(
+        claimed.id,
+        saliency_key=map_key,
+        overlay_key=picture_key,
+        target_class=explanation.target_class,
+        flat=explanation.flat,
+        masks=parameters.masks,
+        seed=parameters.seed,
+        seconds=seconds,
+    )
+    logger.info(
+        "Explained image %s with %s under model version %d in %.1f s (%d masks%s)",
+        image_id,
+        method,
+        model_version,
+        seconds,
+        parameters.masks,
+        ", flat map" if explanation.flat else "",
+    )
+    return ExplanationOutcome(image_id, model_version, method, computed=True, seconds=seconds)

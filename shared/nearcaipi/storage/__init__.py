@@ -1,0 +1,1 @@
+"""Adapters for objects (local folder or S3) and records (SQLAlchemy)."""

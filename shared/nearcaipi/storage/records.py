@@ -1,0 +1,349 @@
+"""Records of images, predictions, explanations, model versions and training runs (SQLAlchemy).
+
+SQLite in the embedded mode, PostgreSQL in production; the URL decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+logger = logging.getLogger(__name__)
+
+EXPLANATION_QUEUED = "queued"
+EXPLANATION_RUNNING = "running"
+EXPLANATION_DONE = "done"
+EXPLANATION_FAILED = "failed"
+
+MODEL_CANDIDATE = "candidate"
+MODEL_PROMOTED = "promoted"
+MODEL_RETIRED = "retired"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRecord(Base):
+    """An image posted by a camera; the bytes live in the object store under ``object_key``."""
+
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    camera_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    part_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    object_key: Mapped[str] = mapped_column(String(256))
+    format: Mapped[str] = mapped_column(String(16))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+
+    predictions: Mapped[list[PredictionRecord]] = relationship(back_populates="image", order_by="PredictionRecord.id")
+    explanations: Mapped[list[ExplanationRecord]] = relationship(
+        back_populates="image", order_by="ExplanationRecord.id"
+    )
+
+
+class PredictionRecord(Base):
+    """The verdict of one model version on one image."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("image_id", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
+    model_version: Mapped[int] = mapped_column(ForeignKey("model_versions.version"))
+    label: Mapped[str] = mapped_column(String(8))
+    p_nok: Mapped[float] = mapped_column(Float)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    image: Mapped[ImageRecord] = relationship(back_populates="predictions")
+
+
+class ExplanationRecord(Base):
+    """A saliency map of one image under one model version and method, and the state of its task."""
+
+    __tablename__ = "explanations"
+    __table_args__ = (UniqueConstraint("image_id", "model_version", "method"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
+    model_version: Mapped[int] = mapped_column(ForeignKey("model_versions.version"))
+    method: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=EXPLANATION_QUEUED, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    saliency_key: Mapped[str | None] = mapped_column(String(256))
+    overlay_key: Mapped[str | None] = mapped_column(String(256))
+    target_class: Mapped[int | None] = mapped_column(Integer)
+    flat: Mapped[bool | None] = mapped_column(Boolean)
+    masks: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+    image: Mapped[ImageRecord] = relationship(back_populates="explanations")
+
+
+class ModelVersionRecord(Base):
+    """A trained model; exactly one version is promoted (served) at a time."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    backbone: Mapped[str] = mapped_column(String(32))
+    input_size: Mapped[int] = mapped_column(Integer)
+    checkpoint_key: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), default=MODEL_CANDIDATE, index=True)
+    data_fingerprint: Mapped[str] = mapped_column(String(64))
+    validation_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    test_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    training: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    splits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TrainingRunRecord(Base):
+    """A request to train a model and what became of it."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    backbone: Mapped[str] = mapped_column(String(32))
+    profile: Mapped[str] = mapped_column(String(16))
+    data_dir: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    model_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version"))
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class PendingExplanation:
+    image_id: str
+    model_version: int
+    method: str
+
+
+def _enable_sqlite_concurrency(engine: Engine) -> None:
+    # Several processes (API, workers, console) share one SQLite file: WAL lets readers run beside a writer.
+    @event.listens_for(engine, "connect")
+    def _on_connect(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+class RecordStore:
+    """Reads and writes records; every method runs in its own transaction."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args={"timeout": 30})
+            _enable_sqlite_concurrency(self.engine)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_schema(self) -> None:
+        """Create missing tables; safe when several services start at once."""
+        try:
+            Base.metadata.create_all(self.engine)
+        except (IntegrityError, ProgrammingError) as error:
+            # Two processes creating the same PostgreSQL table race on its catalogue entry; the loser retries
+            # once, by which time the tables exist.
+            logger.info("Schema creation raced with another process (%s); checking again", error.orig)
+            Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # Inspections
+
+    def add_inspection(
+        self,
+        image: ImageRecord,
+        prediction: PredictionRecord,
+        explanation_method: str | None,
+    ) -> None:
+        """Record an image, its prediction and its queued explanation in one transaction."""
+        with self.session() as session:
+            session.add(image)
+            session.add(prediction)
+            if explanation_method:
+                session.add(
+                    ExplanationRecord(
+                        image_id=image.id,
+                        model_version=prediction.model_version,
+                        method=explanation_method,
+                        status=EXPLANATION_QUEUED,
+                    )
+                )
+
+    def get_image(self, image_id: str) -> ImageRecord | None:
+        with self.session() as session:
+            image = session.get(ImageRecord, image_id)
+            if image is not None:
+                _ = image.predictions, image.explanations
+            return image
+
+    def list_images(self, limit: int, offset: int = 0, camera_id: str | None = None) -> list[ImageRecord]:
+        """Newest images first, with their predictions and explanations loaded."""
+        with self.session() as session:
+            query = select(ImageRecord).order_by(ImageRecord.received_at.desc(), ImageRecord.id)
+            if camera_id:
+                query = query.where(ImageRecord.camera_id == camera_id)
+            images = list(session.scalars(query.limit(limit).offset(offset)))
+            for image in images:
+                _ = image.predictions, image.explanations
+            return images
+
+    # Explanations
+
+    def claim_explanation(self, image_id: str, model_version: int, method: str) -> ExplanationRecord | None:
+        """Mark an explanation as running; returns None when it is already done, so repeats do no work.
+
+        An explanation with no record yet (asked for directly, not by ingest) gets one.
+        """
+        with self.session() as session:
+            record = session.scalar(
+                select(ExplanationRecord).where(
+                    ExplanationRecord.image_id == image_id,
+                    ExplanationRecord.model_version == model_version,
+                    ExplanationRecord.method == method,
+                )
+            )
+            if record is None:
+                record = ExplanationRecord(image_id=image_id, model_version=model_version, method=method, attempts=0)
+                session.add(record)
+            elif record.status == EXPLANATION_DONE:
+                return None
+            record.status = EXPLANATION_RUNNING
+            record.attempts = (record.attempts or 0) + 1
+            record.error = None
+            session.flush()
+            return record
+
+    def finish_explanation(self, explanation_id: int, **fields: Any) -> None:
+        with self.session() as session:
+            session.execute(
+                update(ExplanationRecord)
+                .where(ExplanationRecord.id == explanation_id)
+                .values(status=EXPLANATION_DONE, error=None, updated_at=_now(), **fields)
+            )
+
+    def fail_explanation(self, explanation_id: int, error: str) -> None:
+        with self.session() as session:
+            session.execute(
+                update(ExplanationRecord)
+                .where(ExplanationRecord.id == explanation_id)
+                .values(status=EXPLANATION_FAILED, error=error[:4000], updated_at=_now())
+            )
+
+    def unfinished_explanations(self, limit: int = 10_000) -> list[PendingExplanation]:
+        """Explanations queued or running, oldest first: the ones whose task may have been lost."""
+        with self.session() as session:
+            rows = session.execute(
+                select(ExplanationRecord.image_id, ExplanationRecord.model_version, ExplanationRecord.method)
+                .where(ExplanationRecord.status.in_((EXPLANATION_QUEUED, EXPLANATION_RUNNING)))
+                .order_by(ExplanationRecord.id)
+                .limit(limit)
+            )
+            return [PendingExplanation(*row) for row in rows]
+
+    # Model versions
+
+    def register_model_version(self, record: ModelVersionRecord, promote: bool) -> int:
+        with self.session() as session:
+            session.add(record)
+            session.flush()
+            version = record.version
+        if promote:
+            self.promote(version)
+        logger.info("Registered model version %d (%s)%s", version, record.backbone, ", promoted" if promote else "")
+        return version
+
+    def promote(self, version: int) -> None:
+        """Serve this version from now on; the previously promoted one is retired."""
+        with self.session() as session:
+            if session.get(ModelVersionRecord, version) is None:
+                raise LookupError(f"model version {version} does not exist")
+            session.execute(
+                update(ModelVersionRecord)
+                .where(ModelVersionRecord.status == MODEL_PROMOTED, ModelVersionRecord.version != version)
+                .values(status=MODEL_RETIRED)
+            )
+            session.execute(
+                update(ModelVersionRecord)
+                .where(ModelVersionRecord.version == version)
+                .values(status=MODEL_PROMOTED, promoted_at=_now())
+            )
+        logger.info("Promoted model version %d", version)
+
+    def promoted_model_version(self) -> ModelVersionRecord | None:
+        with self.session() as session:
+            return session.scalar(
+                select(ModelVersionRecord)
+                .where(ModelVersionRecord.status == MODEL_PROMOTED)
+                .order_by(ModelVersionRecord.version.desc())
+            )
+
+    def get_model_version(self, version: int) -> ModelVersionRecord | None:
+        with self.session() as session:
+            return session.get(ModelVersionRecord, version)
+
+    # Training runs
+
+    def add_training_run(self, record: TrainingRunRecord) -> int:
+        with self.session() as session:
+            session.add(record)
+            session.flush()
+            return record.id
+
+    def get_training_run(self, run_id: int) -> TrainingRunRecord | None:
+        with self.session() as session:
+            return session.get(TrainingRunRecord, run_id)
+
+    def update_training_run(self, run_id: int, **fields: Any) -> None:
+        with self.session() as session:
+            session.execute(update(TrainingRunRecord).where(TrainingRunRecord.id == run_id).values(**fields))
