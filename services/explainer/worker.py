@@ -32,7 +32,7 @@ def _adapters() -> tuple[RecordStore, ObjectStore, ModelCache]:
     records = RecordStore(settings.database_url)
     records.create_schema()
     objects = open_object_store(settings)
-    return records, objects, ModelCache(records, objects)
+    return records, objects, ModelCache(records, objects, device=settings.device)
 
 
 @app.task(name=EXPLAIN_TASK)

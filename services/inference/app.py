@@ -19,6 +19,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi.responses import JSONResponse, Response
 
 from nearcaipi.config import InferenceSettings
+from nearcaipi.data import CLASS_NAMES
 from nearcaipi.imaging import InvalidImageError, decode_image
 from nearcaipi.logs import configure_logging
 from nearcaipi.pipeline import ModelCache, ServedModel, label_of
@@ -30,6 +31,8 @@ from services.inference.schemas import ExplanationPublic, InspectionPublic, Mode
 logger = logging.getLogger(__name__)
 
 EXPLANATION_METHOD = "invrise"
+# A failed explanation is queued again at each start of the API until it has been tried this often.
+MAX_EXPLANATION_ATTEMPTS = 3
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9._:\-]{1,64}$"
 IMAGE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 UPLOAD_READ_CHUNK = 1024 * 1024
@@ -60,7 +63,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     records = RecordStore(settings.database_url)
     records.create_schema()
     objects = open_object_store(settings)
-    served = ServedModel(ModelCache(records, objects), settings.model_refresh_seconds)
+    served = ServedModel(ModelCache(records, objects, device=settings.device), settings.model_refresh_seconds)
     celery = create_celery_app(settings, "nearcaipi-inference")
 
     def enqueue_explanation(image_id: str, model_version: int, method: str) -> bool:
@@ -75,7 +78,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Messages can be lost with a crashed worker or broker; the records remember what is still owed.
-        pending = records.unfinished_explanations()
+        pending = records.unfinished_explanations(max_attempts=MAX_EXPLANATION_ATTEMPTS)
         for item in pending:
             enqueue_explanation(item.image_id, item.model_version, item.method)
         if pending:
@@ -96,8 +99,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict:
-        current = served.current()
-        return {"status": "ok", "model_version": current[0] if current else None}
+        return {"status": "ok", "model_version": served.promoted_version()}
 
     @app.post("/v1/images", status_code=201, response_model=InspectionPublic, tags=["inspections"])
     def post_image(
@@ -117,7 +119,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
 
         current = served.current()
         if current is None:
-            raise ApiError(503, "no model version is promoted", "train a model first: nearcaipi train --promote")
+            raise ApiError(503, "no model version is promoted", "train a model first: nearcaipi train")
         model_version, classifier = current
 
         started = time.perf_counter()
@@ -192,7 +194,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         """The promoted model version and its metrics."""
         record = records.promoted_model_version()
         if record is None:
-            raise ApiError(404, "no model version is promoted", "train a model first: nearcaipi train --promote")
+            raise ApiError(404, "no model version is promoted", "train a model first: nearcaipi train")
         return ModelVersionPublic.model_validate(record, from_attributes=True)
 
     def _find_image(image_id: str) -> ImageRecord:
@@ -243,6 +245,7 @@ def _inspection(request: Request, image: ImageRecord | None) -> InspectionPublic
             status=explanation.status,
             method=explanation.method,
             model_version=explanation.model_version,
+            target_class=CLASS_NAMES[explanation.target_class] if explanation.target_class is not None else None,
             flat=explanation.flat,
             seconds=explanation.seconds,
             error=explanation.error,
@@ -263,4 +266,3 @@ def _inspection(request: Request, image: ImageRecord | None) -> InspectionPublic
         image_url=f"{base}/original",
         url=base,
     )
-

@@ -14,6 +14,9 @@ class ExplanationPublic(BaseModel):
     status: str = Field(description="queued, running, done or failed")
     method: str
     model_version: int
+    target_class: str | None = Field(
+        default=None, description="The class whose evidence the map shows: the predicted one, OK or NOK"
+    )
     flat: bool | None = Field(default=None, description="True when the model ignored the masks: no evidence shown")
     seconds: float | None = None
     error: str | None = None

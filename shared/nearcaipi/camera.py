@@ -79,7 +79,9 @@ def run_camera(
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             if response.status_code != 201:
                 report.rejected += 1
-                logger.warning("Camera %s: %s was rejected with %d: %s", camera_id, path.name, response.status_code, response.text)
+                logger.warning(
+                    "Camera %s: %s was rejected with %d: %s", camera_id, path.name, response.status_code, response.text
+                )
                 continue
 
             verdict = response.json()

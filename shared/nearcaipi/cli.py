@@ -58,10 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--camera-rate", type=float, default=1.0, help="Images per second of the simulated camera.")
     up.add_argument("--no-camera", action="store_true", help="Do not run the camera simulator.")
 
+    retrain = commands.add_parser("retrain", help="Queue a training run for the trainer worker.")
+    retrain.add_argument("--data", type=Path, help="Folder data set (default: the sample magnetic tiles).")
+    retrain.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18")
+    retrain.add_argument("--profile", choices=sorted(TRAINING_PROFILES), default="quick")
+    retrain.add_argument("--seed", type=int, default=0, help="Seed of the splits and of training.")
+
     camera = commands.add_parser("camera", help="Post images to the API like a line camera.")
     camera.add_argument("paths", nargs="*", type=Path, help="Image files or folders.")
-    camera.add_argument("--split", choices=("train", "validation", "test", "pool"),
-                        help="Post this split of the promoted model's data set instead of paths.")
+    camera.add_argument(
+        "--split",
+        choices=("train", "validation", "test", "pool"),
+        help="Post this split of the promoted model's data set instead of paths.",
+    )
     camera.add_argument("--api", default="http://127.0.0.1:8000", help="Base URL of the inference API.")
     camera.add_argument("--rate", type=float, default=1.0, help="Images per second (0: as fast as possible).")
     camera.add_argument("--camera-id", default="camera-1")
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": _predict,
         "explain": _explain,
         "up": _up,
+        "retrain": _retrain,
         "camera": _camera,
     }
     try:
@@ -140,6 +150,26 @@ def _train(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain(arguments: argparse.Namespace) -> int:
+    from nearcaipi.queue import TRAIN_TASK, create_celery_app
+    from nearcaipi.storage.records import TrainingRunRecord
+
+    settings = TrainerSettings()
+    data_dir = resolve_data_dir(arguments.data or settings.data_dir, settings.home / "datasets")
+    records, _ = _open_stack(settings)
+    run_id = records.add_training_run(
+        TrainingRunRecord(
+            backbone=arguments.backbone,
+            profile=arguments.profile,
+            data_dir=str(data_dir.resolve()),
+            seed=arguments.seed,
+        )
+    )
+    create_celery_app(settings, "nearcaipi-cli").send_task(TRAIN_TASK, args=[run_id])
+    print(f"training run {run_id} queued ({arguments.backbone}, {arguments.profile} profile, data {data_dir})")
+    return 0
+
+
 def _predict(arguments: argparse.Namespace) -> int:
     classifier = _load_classifier(arguments.checkpoint)
     for path in arguments.images:
@@ -164,8 +194,9 @@ def _explain(arguments: argparse.Namespace) -> int:
     if arguments.map:
         arguments.map.write_bytes(encode_map(explanation.saliency))
     peak = np.unravel_index(int(np.argmax(explanation.saliency)), explanation.saliency.shape)
+    rows, columns = explanation.saliency.shape
     print(
-        f"{arguments.method} map of {arguments.image}: {explanation.saliency.shape[0]} x {explanation.saliency.shape[1]}, "
+        f"{arguments.method} map of {arguments.image}: {rows} x {columns}, "
         f"class {classifier.card.class_names[explanation.target_class]} "
         f"(p {explanation.target_probability:.3f}), peak at row {peak[0]} column {peak[1]}"
         f"{', flat: the masks did not change the prediction' if explanation.flat else ''}, "
@@ -217,8 +248,12 @@ def _up(arguments: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(arguments.data or settings.data_dir, settings.home / "datasets")
     records, objects = _open_stack(settings)
     if records.promoted_model_version() is None:
-        logger.info("No model version yet: training the initial model (%s profile) on %s", settings.training_profile, data_dir)
-        train_evaluate_publish(data_dir, records, objects, settings.backbone, settings.training_profile, settings.split_seed)
+        logger.info(
+            "No model version yet: training the initial model (%s profile) on %s", settings.training_profile, data_dir
+        )
+        train_evaluate_publish(
+            data_dir, records, objects, settings.backbone, settings.training_profile, settings.split_seed
+        )
 
     environment = {"NEARCAIPI_HOME": str(settings.home), "NEARCAIPI_DATA_DIR": str(data_dir)}
     stack = Stack(environment)
@@ -230,11 +265,17 @@ def _up(arguments: argparse.Namespace) -> int:
         for name, command in service_commands("127.0.0.1", arguments.port, arguments.console_port).items():
             stack.start(name, command)
         wait_until_healthy(f"{api_url}/healthz", timeout=120, stack=stack)
-        logger.info("API on %s (docs at %s/docs), console on http://127.0.0.1:%d", api_url, api_url, arguments.console_port)
+        logger.info(
+            "API on %s (docs at %s/docs), console on http://127.0.0.1:%d", api_url, api_url, arguments.console_port
+        )
 
         if not arguments.no_camera:
             files = _split_files("test")
-            logger.info("Camera simulator: posting %d held-out test images at %.1f per second", len(files), arguments.camera_rate)
+            logger.info(
+                "Camera simulator: posting %d held-out test images at %.1f per second",
+                len(files),
+                arguments.camera_rate,
+            )
             camera = threading.Thread(
                 target=lambda: _print_camera_report(run_camera(files, api_url, arguments.camera_rate, stop=stop)),
                 name="camera",

@@ -24,7 +24,7 @@ PLACEHOLDER_SECRETS = frozenset({"", "minioadmin", "changeme", "change-me", "pas
 
 
 class StackSettings(BaseSettings):
-    """Where records, objects and queue messages live; shared by every service."""
+    """Locations of records, objects and queue messages; shared by every service."""
 
     model_config = SettingsConfigDict(env_prefix="NEARCAIPI_", extra="ignore")
 
@@ -80,7 +80,7 @@ class StackSettings(BaseSettings):
 
 
 class ExplanationSettings(BaseSettings):
-    """Parameters of InvRISE and RISE; the defaults are those of the method's paper (N = 1000, s = 8)."""
+    """Parameters of InvRISE and RISE; the defaults are those of the NearCAIPI and RISE papers (N = 1000, s = 8)."""
 
     model_config = SettingsConfigDict(env_prefix="NEARCAIPI_EXPLANATION_", extra="ignore")
 
@@ -99,12 +99,14 @@ class InferenceSettings(StackSettings):
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest accepted width x height.")
     model_refresh_seconds: float = Field(default=2.0, ge=0.0, description="How often the served version is checked.")
+    device: str = Field(default="auto", description="auto (CUDA when visible, else CPU), cpu, cuda or cuda:N.")
     torch_threads: int = Field(default=0, ge=0, description="0 leaves PyTorch's default.")
 
 
 class ExplainerSettings(StackSettings):
     """Settings of the explainer worker."""
 
+    device: str = Field(default="auto", description="auto (CUDA when visible, else CPU), cpu, cuda or cuda:N.")
     torch_threads: int = Field(default=0, ge=0, description="0 leaves PyTorch's default.")
     explanation: ExplanationSettings = Field(default_factory=ExplanationSettings)
 
@@ -116,11 +118,15 @@ class TrainerSettings(StackSettings):
     training_profile: Literal["quick", "paper"] = "quick"
     backbone: str = "resnet18"
     split_seed: int = 0
+    device: str = Field(default="auto", description="auto (CUDA when visible, else CPU), cpu, cuda or cuda:N.")
     torch_threads: int = Field(default=0, ge=0, description="0 leaves PyTorch's default.")
 
 
-class ConsoleSettings(StackSettings):
-    """Settings of the reviewer console."""
+class ConsoleSettings(BaseSettings):
+    """Settings of the reviewer console, which reaches everything through the API."""
 
+    model_config = SettingsConfigDict(env_prefix="NEARCAIPI_", extra="ignore")
+
+    log_level: str = "INFO"
     api_url: str = "http://127.0.0.1:8000"
     page_size: int = Field(default=30, ge=1, le=500)

@@ -64,7 +64,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class SplitFractions:
-    """Shares of each split; the interactive pool holds the images a reviewer may be shown."""
+    """Shares of each split; the interactive pool contains the images a reviewer may be shown."""
 
     train: float = 0.4
     validation: float = 0.1

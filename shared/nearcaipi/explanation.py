@@ -144,7 +144,7 @@ def saliency_at_input(
 
     Args:
         score_function: class probabilities of raw-pixel images.
-        image: (1, 3, h, w) float32 in [0, 1], the image as the model sees it.
+        image: (1, 3, h, w) float32 in [0, 1], the image at the model's input size.
         target_class: the class c whose evidence is mapped.
         method: "invrise" or "rise".
 
@@ -156,12 +156,13 @@ def saliency_at_input(
 
     _, _, height, width = image.shape
     bank = MaskBank.draw(parameters, height, width)
-    weighted_sum = torch.zeros(height * width, dtype=torch.float64)
-    hidden_sum = torch.zeros(height * width, dtype=torch.float64)
+    weighted_sum = torch.zeros(height * width, dtype=torch.float64, device=image.device)
+    hidden_sum = torch.zeros(height * width, dtype=torch.float64, device=image.device)
     lowest, highest = math.inf, -math.inf
 
     with torch.inference_mode():
         for masks in bank.chunks(parameters.batch_size):
+            masks = masks.to(image.device)
             scores = score_function(image * masks.unsqueeze(1))[:, target_class].double()
             lowest, highest = min(lowest, scores.min().item()), max(highest, scores.max().item())
             flat_masks = masks.reshape(len(masks), -1).double()
@@ -184,7 +185,7 @@ def saliency_at_input(
         # An indifferent model's RISE map is pure mask-sampling noise; report its expected value, a constant.
         constant = (lowest + highest) / 2 if method == "rise" else 1.0 - (lowest + highest) / 2
         saliency = torch.full_like(saliency, constant)
-    return saliency.float().reshape(height, width), flat, spread
+    return saliency.float().reshape(height, width).cpu(), flat, spread
 
 
 def upsample_map(saliency: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -230,7 +231,7 @@ def explain(
 def render_overlay(image: np.ndarray, saliency: np.ndarray, flat: bool, opacity: float = 0.5) -> bytes:
     """Blend a jet-coloured saliency map over the image and encode it as PNG.
 
-    The map is stretched to the full colour range unless it is flat; a flat map adds no colour, so that noise
+    The map is stretched to the full colour range unless it is flat. A flat map adds no colour, so that noise
     is never shown as evidence.
 
     Args:

@@ -52,7 +52,7 @@ BACKBONES: dict[str, Backbone] = {
 
 @dataclass
 class ModelCard:
-    """What a checkpoint records about its model."""
+    """Metadata that a checkpoint stores beside the weights."""
 
     backbone: str
     input_size: int
@@ -66,6 +66,13 @@ class ModelCard:
     test_metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """Resolve "auto" to the first CUDA GPU when one is visible, else the CPU; other values pass to torch."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
 
 
 def check_backbone(name: str) -> Backbone:
@@ -115,19 +122,23 @@ def _replace_head(network: nn.Module, classes: int) -> None:
 class Classifier:
     """A trained network with its model card: preprocessing, class probabilities and embeddings."""
 
-    def __init__(self, network: nn.Module, card: ModelCard) -> None:
-        self.network = network.eval()
+    def __init__(self, network: nn.Module, card: ModelCard, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
         self.card = card
-        self._mean = torch.tensor(card.mean).view(1, 3, 1, 1)
-        self._std = torch.tensor(card.std).view(1, 3, 1, 1)
+        self._mean = torch.tensor(card.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(card.std, device=self.device).view(1, 3, 1, 1)
 
     @property
     def input_size(self) -> int:
         return self.card.input_size
 
     def to_input(self, image: np.ndarray) -> torch.Tensor:
-        """Resize an RGB image to the model's square input. (H, W, 3) uint8 -> (1, 3, S, S) float32 in [0, 1]."""
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        """Resize an RGB image to the model's square input. (H, W, 3) uint8 -> (1, 3, S, S) float32 in [0, 1].
+
+        The result lies on the classifier's device.
+        """
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0).to(self.device).float() / 255.0
         return F.interpolate(tensor, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
@@ -137,7 +148,7 @@ class Classifier:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax over (OK, NOK) for raw-pixel inputs. (B, 3, S, S) in [0, 1] -> (B, 2) float32."""
-        return torch.softmax(self.network(self.normalize(batch)), dim=1)
+        return torch.softmax(self.network(self.normalize(batch.to(self.device))), dim=1)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[float]:
         """Return p_nok, the NOK probability, of each (H, W, 3) uint8 image."""
@@ -152,7 +163,7 @@ def save_checkpoint(network: nn.Module, card: ModelCard) -> bytes:
     return buffer.getvalue()
 
 
-def load_checkpoint(data: bytes) -> Classifier:
+def load_checkpoint(data: bytes, device: torch.device | str = "cpu") -> Classifier:
     """Rebuild a classifier from checkpoint bytes written by save_checkpoint."""
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     card_fields = dict(payload["card"])
@@ -162,4 +173,4 @@ def load_checkpoint(data: bytes) -> Classifier:
 
     network, _ = build_network(card.backbone, pretrained=False)
     network.load_state_dict(payload["state_dict"])
-    return Classifier(network, card)
+    return Classifier(network, card, device)

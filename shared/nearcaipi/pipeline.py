@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from nearcaipi.data import CLASS_NAMES, NOK
 from nearcaipi.explanation import ExplanationParameters, Method, encode_map, explain, render_overlay
 from nearcaipi.imaging import decode_image
-from nearcaipi.models import Classifier, load_checkpoint, save_checkpoint
+from nearcaipi.models import Classifier, load_checkpoint, save_checkpoint, select_device
 from nearcaipi.storage.objects import ObjectStore
 from nearcaipi.storage.records import ModelVersionRecord, RecordStore
 
@@ -38,10 +38,11 @@ def label_of(p_nok: float) -> str:
 class ModelCache:
     """Classifiers by model version, loaded from the object store on first use (the newest few are kept)."""
 
-    def __init__(self, records: RecordStore, objects: ObjectStore, capacity: int = 2) -> None:
+    def __init__(self, records: RecordStore, objects: ObjectStore, capacity: int = 2, device: str = "cpu") -> None:
         self.records = records
         self.objects = objects
         self.capacity = capacity
+        self.device = select_device(device)
         self._loaded: OrderedDict[int, Classifier] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -55,12 +56,13 @@ class ModelCache:
             if record is None:
                 raise LookupError(f"model version {version} does not exist")
             started = time.perf_counter()
-            classifier = load_checkpoint(self.objects.get(record.checkpoint_key))
+            classifier = load_checkpoint(self.objects.get(record.checkpoint_key), self.device)
             logger.info(
-                "Loaded model version %d (%s, %d px) in %.1f s",
+                "Loaded model version %d (%s, %d px) on %s in %.1f s",
                 version,
                 record.backbone,
                 record.input_size,
+                self.device,
                 time.perf_counter() - started,
             )
 
@@ -80,8 +82,8 @@ class ServedModel:
         self._checked_at = -float("inf")
         self._lock = threading.Lock()
 
-    def current(self) -> tuple[int, Classifier] | None:
-        """Return the served version and its classifier, or None while no version is promoted."""
+    def promoted_version(self) -> int | None:
+        """Return the promoted version, read from the records at most every ``refresh_seconds``."""
         with self._lock:
             now = time.monotonic()
             if now - self._checked_at >= self.refresh_seconds:
@@ -90,8 +92,11 @@ class ServedModel:
                 if version != self._version:
                     logger.info("Serving model version %s (was %s)", version, self._version)
                 self._version, self._checked_at = version, now
-            version = self._version
+            return self._version
 
+    def current(self) -> tuple[int, Classifier] | None:
+        """Return the served version and its classifier, or None while no version is promoted."""
+        version = self.promoted_version()
         if version is None:
             return None
         return version, self.cache.get(version)

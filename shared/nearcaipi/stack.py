@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
@@ -81,7 +80,7 @@ def _python_path() -> str:
 
 
 def wait_until_healthy(url: str, timeout: float, stack: Stack | None = None) -> None:
-    """Poll ``url`` until it answers 200; raises TimeoutError, or RuntimeError if a service exits first."""
+    """Poll ``url`` until it returns 200; raises TimeoutError, or RuntimeError if a service exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stack is not None and stack.exited():
@@ -92,8 +91,4 @@ def wait_until_healthy(url: str, timeout: float, stack: Stack | None = None) -> 
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def project_file(relative: str) -> Path:
-    return PROJECT_ROOT / relative
+    raise TimeoutError(f"{url} did not respond with 200 within {timeout:.0f} s")

@@ -38,7 +38,7 @@ def train_evaluate_publish(
     """Train on a folder data set, evaluate on its test split, publish, and promote unless worse.
 
     A new version is promoted when no version is promoted yet or when its test MCC is at least the promoted
-    version's; otherwise it stays a candidate.
+    version's. Otherwise it stays a candidate.
     """
     if profile_name not in TRAINING_PROFILES:
         raise ValueError(f"unknown training profile {profile_name!r}; choose one of {', '.join(TRAINING_PROFILES)}")
@@ -73,7 +73,9 @@ def train_evaluate_publish(
     return PublishedModel(version, promote, classifier, report, test_metrics)
 
 
-def run_training(training_run_id: int, records: RecordStore, objects: ObjectStore, progress: bool = False) -> int | None:
+def run_training(
+    training_run_id: int, records: RecordStore, objects: ObjectStore, progress: bool = False
+) -> int | None:
     """Carry out a recorded training run; a finished run is not repeated. Returns the model version."""
     run = records.get_training_run(training_run_id)
     if run is None:

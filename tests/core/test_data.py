@@ -115,7 +115,7 @@ def test_fetch_unpacks_the_public_archive_layout(tmp_path: Path) -> None:
     payload = archive.getvalue()
 
     class ArchiveHandler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name is fixed by http.server
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()

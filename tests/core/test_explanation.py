@@ -12,8 +12,8 @@ from PIL import Image
 from nearcaipi.explanation import (
     ExplanationParameters,
     MaskBank,
-    encode_map,
     decode_map,
+    encode_map,
     render_overlay,
     saliency_at_input,
     upsample_map,
@@ -136,7 +136,7 @@ def test_masks_follow_the_rise_construction() -> None:
 
 
 def test_keep_probability_must_be_a_probability() -> None:
-    with pytest.raises(ValueError, match="keep_probability must lie strictly between 0 and 1, got 1.5"):
+    with pytest.raises(ValueError, match=r"keep_probability must lie strictly between 0 and 1, got 1\.5"):
         ExplanationParameters(keep_probability=1.5)
 
 

@@ -130,7 +130,10 @@ def open_object_store(settings: StackSettings) -> ObjectStore:
     if url.scheme == "s3":
         if not url.netloc:
             raise ValueError(f"object store URL {settings.object_store_url!r} names no bucket: use s3://bucket")
-        assert settings.s3_endpoint and settings.s3_access_key and settings.s3_secret_key  # checked by the settings
+        # StackSettings has already rejected an s3:// URL without endpoint and keys.
+        assert settings.s3_endpoint is not None
+        assert settings.s3_access_key is not None
+        assert settings.s3_secret_key is not None
         return S3ObjectStore(
             endpoint=settings.s3_endpoint,
             access_key=settings.s3_access_key.get_secret_value(),

@@ -22,13 +22,14 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -46,6 +47,23 @@ MODEL_RETIRED = "retired"
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp; SQLite drops the offset, so it is attached again on load."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"timestamp {value} has no timezone; use datetime.now(UTC)")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -66,7 +84,7 @@ class ImageRecord(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now, index=True)
 
     predictions: Mapped[list[PredictionRecord]] = relationship(back_populates="image", order_by="PredictionRecord.id")
     explanations: Mapped[list[ExplanationRecord]] = relationship(
@@ -86,7 +104,7 @@ class PredictionRecord(Base):
     label: Mapped[str] = mapped_column(String(8))
     p_nok: Mapped[float] = mapped_column(Float)
     latency_ms: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now)
 
     image: Mapped[ImageRecord] = relationship(back_populates="predictions")
 
@@ -111,8 +129,8 @@ class ExplanationRecord(Base):
     seed: Mapped[int | None] = mapped_column(Integer)
     seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now, onupdate=_now)
 
     image: Mapped[ImageRecord] = relationship(back_populates="explanations")
 
@@ -132,8 +150,8 @@ class ModelVersionRecord(Base):
     test_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     training: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     splits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now)
+    promoted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class TrainingRunRecord(Base):
@@ -149,8 +167,8 @@ class TrainingRunRecord(Base):
     seed: Mapped[int] = mapped_column(Integer, default=0)
     model_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version"))
     error: Mapped[str | None] = mapped_column(Text)
-    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 @dataclass(frozen=True)
@@ -280,12 +298,17 @@ class RecordStore:
                 .values(status=EXPLANATION_FAILED, error=error[:4000], updated_at=_now())
             )
 
-    def unfinished_explanations(self, limit: int = 10_000) -> list[PendingExplanation]:
-        """Explanations queued or running, oldest first: the ones whose task may have been lost."""
+    def unfinished_explanations(self, max_attempts: int, limit: int = 10_000) -> list[PendingExplanation]:
+        """Explanations whose task may have been lost, oldest first.
+
+        These are the queued and running ones, and the failed ones tried fewer than ``max_attempts`` times.
+        """
         with self.session() as session:
+            unfinished = ExplanationRecord.status.in_((EXPLANATION_QUEUED, EXPLANATION_RUNNING))
+            retryable = (ExplanationRecord.status == EXPLANATION_FAILED) & (ExplanationRecord.attempts < max_attempts)
             rows = session.execute(
                 select(ExplanationRecord.image_id, ExplanationRecord.model_version, ExplanationRecord.method)
-                .where(ExplanationRecord.status.in_((EXPLANATION_QUEUED, EXPLANATION_RUNNING)))
+                .where(unfinished | retryable)
                 .order_by(ExplanationRecord.id)
                 .limit(limit)
             )
