@@ -11,3 +11,5 @@ def configure_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # The camera simulator logs each verdict itself; httpx's line per request would repeat it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -24,7 +24,7 @@ def service_commands(api_host: str, api_port: int, console_port: int) -> dict[st
     return {
         "api": [
             python, "-m", "uvicorn", "services.inference.app:create_app", "--factory",
-            "--host", api_host, "--port", str(api_port),
+            "--host", api_host, "--port", str(api_port), "--no-access-log",
         ],
         "explainer": [
             python, "-m", "celery", "-A", "services.explainer.worker", "worker",
@@ -57,8 +57,12 @@ class Stack:
     def exited(self) -> dict[str, int]:
         return {name: process.returncode for name, process in self.processes.items() if process.poll() is not None}
 
-    def stop(self, grace_seconds: float = 20.0) -> None:
-        """Ask every service to stop (SIGTERM: workers finish their current task), then kill stragglers."""
+    def stop(self, grace_seconds: float = 30.0) -> None:
+        """Ask every service to stop (SIGTERM: workers finish their current task), then kill stragglers.
+
+        A worker killed mid-task loses nothing: its explanation stays "running" in the records and the API
+        queues it again when it next starts.
+        """
         for name, process in self.processes.items():
             if process.poll() is None:
                 logger.info("Stopping %s (pid %d)", name, process.pid)
