@@ -28,7 +28,10 @@ def run_cli(*arguments: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 def test_train_predict_explain(plain_dataset: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "model.pt"
-    trained = run_cli("train", "--data", str(plain_dataset), "--no-publish", "--output", str(checkpoint), home=tmp_path)
+    trained = run_cli(
+        "train", "--data", str(plain_dataset), "--no-publish", "--output", str(checkpoint),
+        "--epochs", "3", "--image-size", "48", home=tmp_path,
+    )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     assert "test accuracy" in trained.stdout
     assert checkpoint.stat().st_size > 1_000_000
@@ -51,6 +54,13 @@ def test_train_predict_explain(plain_dataset: Path, tmp_path: Path) -> None:
     with Image.open(overlay) as picture:
         assert picture.size == (64, 48)
     assert np.load(saliency).shape == (48, 64)
+
+
+def test_train_rejects_zero_epochs(plain_dataset: Path, tmp_path: Path) -> None:
+    result = run_cli("train", "--data", str(plain_dataset), "--epochs", "0", home=tmp_path)
+
+    assert result.returncode == 2
+    assert "--epochs must be a positive whole number, got 0" in result.stderr
 
 
 def test_train_on_missing_folder_fails_clearly(tmp_path: Path) -> None:

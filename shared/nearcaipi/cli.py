@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import statistics
@@ -18,6 +19,7 @@ from nearcaipi.data import DatasetError, load_rgb, resolve_data_dir, restore_spl
 from nearcaipi.explanation import METHODS, ExplanationParameters, encode_map, explain, render_overlay
 from nearcaipi.logs import configure_logging
 from nearcaipi.models import BACKBONES, Classifier, load_checkpoint, save_checkpoint
+from nearcaipi.selection import STRATEGIES
 from nearcaipi.training import TRAINING_PROFILES
 
 logger = logging.getLogger("nearcaipi")
@@ -33,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18")
     train.add_argument("--profile", choices=sorted(TRAINING_PROFILES), default="quick")
     train.add_argument("--seed", type=int, default=0, help="Seed of the splits and of training.")
+    train.add_argument("--epochs", type=int, help="Maximum number of epochs (default: the profile's).")
+    train.add_argument(
+        "--image-size", type=int, help="Side of the square model input in pixels (default: the profile's)."
+    )
     train.add_argument("--output", type=Path, help="Also write the checkpoint to this file.")
     train.add_argument("--no-publish", action="store_true", help="Do not register the model in the stack's records.")
 
@@ -64,6 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--profile", choices=sorted(TRAINING_PROFILES), default="quick")
     retrain.add_argument("--seed", type=int, default=0, help="Seed of the splits and of training.")
 
+    experiment = commands.add_parser(
+        "experiment", help="Compare selection strategies with a simulated reviewer (resumable)."
+    )
+    experiment.add_argument(
+        "--data", type=Path, help="Folder data set with masks (default: the sample magnetic tiles)."
+    )
+    experiment.add_argument("--output", type=Path, default=Path("experiment"), help="Folder for CSV, table and plot.")
+    experiment.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    experiment.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    experiment.add_argument("--initial", type=int, default=211, help="Initial training images (default 211).")
+    experiment.add_argument("--budget", type=int, default=42, help="Reviewer interactions per iteration (default 42).")
+    experiment.add_argument("--iterations", type=int, default=10, help="Number of retrainings (default 10).")
+    experiment.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18")
+    experiment.add_argument("--image-size", type=int, default=224, help="Model input side in pixels (default 224).")
+    experiment.add_argument("--initial-epochs", type=int, default=30, help="Epochs of the initial training.")
+    experiment.add_argument("--retrain-epochs", type=int, default=10, help="Epochs of each retraining.")
+    experiment.add_argument("--batch-size", type=int, default=32)
+
     camera = commands.add_parser("camera", help="Post images to the API like a line camera.")
     camera.add_argument("paths", nargs="*", type=Path, help="Image files or folders.")
     camera.add_argument(
@@ -87,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "explain": _explain,
         "up": _up,
         "retrain": _retrain,
+        "experiment": _experiment,
         "camera": _camera,
     }
     try:
@@ -123,16 +148,22 @@ def _train(arguments: argparse.Namespace) -> int:
 
     settings = TrainerSettings()
     data_dir = resolve_data_dir(arguments.data or settings.data_dir, settings.home / "datasets")
+    overrides = {}
+    if arguments.epochs is not None:
+        overrides["max_epochs"] = _positive(arguments.epochs, "--epochs")
+    if arguments.image_size is not None:
+        overrides["input_size"] = _positive(arguments.image_size, "--image-size")
+
     if arguments.no_publish:
         splits = split_samples(discover_samples(data_dir), seed=arguments.seed)
-        profile = TRAINING_PROFILES[arguments.profile]
+        profile = dataclasses.replace(TRAINING_PROFILES[arguments.profile], **overrides)
         classifier, report = train_classifier(splits, data_dir, arguments.backbone, profile, seed=arguments.seed)
         classifier.card.test_metrics = evaluate(classifier, splits["test"])
         version, promoted = None, False
     else:
         records, objects = _open_stack(settings)
         published = train_evaluate_publish(
-            data_dir, records, objects, arguments.backbone, arguments.profile, arguments.seed
+            data_dir, records, objects, arguments.backbone, arguments.profile, arguments.seed, overrides=overrides
         )
         classifier, report = published.classifier, published.report
         version, promoted = published.version, published.promoted
@@ -148,6 +179,35 @@ def _train(arguments: argparse.Namespace) -> int:
     if version is not None:
         print(f"model version {version} {'promoted' if promoted else 'kept as a candidate'}")
     return 0
+
+
+def _experiment(arguments: argparse.Namespace) -> int:
+    from nearcaipi.experiment import ExperimentConfig, run_experiment
+
+    settings = TrainerSettings()
+    config = ExperimentConfig(
+        data_dir=resolve_data_dir(arguments.data or settings.data_dir, settings.home / "datasets"),
+        output_dir=arguments.output,
+        strategies=arguments.strategies,
+        seeds=arguments.seeds,
+        initial_size=arguments.initial,
+        budget=arguments.budget,
+        iterations=arguments.iterations,
+        backbone=arguments.backbone,
+        input_size=_positive(arguments.image_size, "--image-size"),
+        initial_epochs=_positive(arguments.initial_epochs, "--initial-epochs"),
+        retrain_epochs=_positive(arguments.retrain_epochs, "--retrain-epochs"),
+        batch_size=_positive(arguments.batch_size, "--batch-size"),
+    )
+    results = run_experiment(config)
+    print(f"results in {results}, table in {config.output_dir / 'table.md'}, plot in {config.output_dir / 'mcc.png'}")
+    return 0
+
+
+def _positive(value: int, option: str) -> int:
+    if value < 1:
+        raise ValueError(f"{option} must be a positive whole number, got {value}")
+    return value
 
 
 def _retrain(arguments: argparse.Namespace) -> int:

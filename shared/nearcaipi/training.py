@@ -136,7 +136,6 @@ def train_classifier(
         raise ValueError("training needs non-empty train and validation splits")
 
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     network, loaded_pretrained = build_network(backbone, pretrained=pretrained)
     card = ModelCard(
         backbone=backbone,
@@ -149,18 +148,44 @@ def train_classifier(
     )
     classifier = Classifier(network, card, select_device(device))
 
-    train_images = load_images(splits["train"], profile.input_size, progress)
-    train_labels = _labels(splits["train"])
-    validation_images = load_images(splits["validation"], profile.input_size, progress)
-    validation_labels = _labels(splits["validation"])
+    report = fit_classifier(
+        classifier,
+        load_images(splits["train"], profile.input_size, progress),
+        _labels(splits["train"]),
+        load_images(splits["validation"], profile.input_size, progress),
+        _labels(splits["validation"]),
+        profile,
+        seed=seed,
+        progress=progress,
+    )
+    return classifier, report
 
+
+def fit_classifier(
+    classifier: Classifier,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    validation_images: torch.Tensor,
+    validation_labels: torch.Tensor,
+    profile: TrainingProfile,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainingReport:
+    """Fit a classifier in place with early stopping; it ends with the weights of its best validation epoch.
+
+    Args:
+        train_images, validation_images: (B, 3, S, S) uint8 at the classifier's input size.
+        train_labels, validation_labels: (B,) int64, 0 = OK and 1 = NOK.
+    """
+    network = classifier.network
+    generator = torch.Generator().manual_seed(seed)
     loss_weights = _class_weights(train_labels).to(classifier.device) if profile.balance_classes else None
     optimizer = profile.make_optimizer(network.parameters())
 
     best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(network.state_dict())
     history: list[dict[str, float]] = []
     started = time.perf_counter()
-    epochs = tqdm(range(1, profile.max_epochs + 1), desc=f"train {backbone}", disable=not progress)
+    epochs = tqdm(range(1, profile.max_epochs + 1), desc=f"train {classifier.card.backbone}", disable=not progress)
     for epoch in epochs:
         train_loss = _train_one_epoch(
             classifier, train_images, train_labels, optimizer, loss_weights, profile, generator
@@ -193,17 +218,16 @@ def train_classifier(
     network.load_state_dict(best_state)
     network.eval()
     best = history[best_epoch - 1]
-    card.validation_metrics = {
+    classifier.card.validation_metrics = {
         key: best[key] for key in ("accuracy", "precision", "recall", "f1", "mcc", "validation_loss")
     }
-    report = TrainingReport(
+    return TrainingReport(
         epochs_run=len(history),
         best_epoch=best_epoch,
         seconds=time.perf_counter() - started,
-        validation_metrics=card.validation_metrics,
+        validation_metrics=classifier.card.validation_metrics,
         history=history,
     )
-    return classifier, report
 
 
 def _class_weights(labels: torch.Tensor) -> torch.Tensor:

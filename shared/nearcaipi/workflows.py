@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ def train_evaluate_publish(
     profile_name: str = "quick",
     seed: int = 0,
     progress: bool = True,
+    overrides: dict | None = None,
 ) -> PublishedModel:
     """Train on a folder data set, evaluate on its test split, publish, and promote unless worse.
 
@@ -42,7 +44,7 @@ def train_evaluate_publish(
     """
     if profile_name not in TRAINING_PROFILES:
         raise ValueError(f"unknown training profile {profile_name!r}; choose one of {', '.join(TRAINING_PROFILES)}")
-    profile = TRAINING_PROFILES[profile_name]
+    profile = dataclasses.replace(TRAINING_PROFILES[profile_name], **(overrides or {}))
 
     splits = split_samples(discover_samples(data_dir), seed=seed)
     classifier, report = train_classifier(splits, data_dir, backbone, profile, seed=seed, progress=progress)
