@@ -75,3 +75,27 @@ def test_predict_without_model_names_the_fix(tmp_path: Path, plain_dataset: Path
 
     assert result.returncode == 2
     assert "no model version is promoted; run 'nearcaipi train' or pass --checkpoint" in result.stderr
+
+
+def test_predict_skips_bad_files_and_fails(plain_dataset: Path, tmp_path: Path) -> None:
+    network_checkpoint = tmp_path / "model.pt"
+    from nearcaipi.models import ModelCard, build_network, save_checkpoint
+
+    network, _ = build_network("resnet18", pretrained=False)
+    network_checkpoint.write_bytes(save_checkpoint(network, ModelCard(backbone="resnet18", input_size=32)))
+    text_file = tmp_path / "notes.jpg"
+    text_file.write_text("not an image")
+    good = plain_dataset / "ok" / "ok_00.png"
+
+    result = run_cli("predict", str(text_file), str(good), "--checkpoint", str(network_checkpoint), home=tmp_path)
+
+    assert result.returncode == 1
+    assert f"skipped {text_file}: unsupported image format" in result.stderr
+    assert result.stdout.startswith(f"{good}\t")
+
+
+def test_camera_rejects_invalid_id(tmp_path: Path, plain_dataset: Path) -> None:
+    result = run_cli("camera", str(plain_dataset / "ok"), "--camera-id", "bad id", home=tmp_path)
+
+    assert result.returncode == 2
+    assert "invalid --camera-id 'bad id'" in result.stderr

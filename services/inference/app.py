@@ -16,11 +16,12 @@ from typing import Annotated
 
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from nearcaipi.config import InferenceSettings
 from nearcaipi.data import CLASS_NAMES
-from nearcaipi.imaging import InvalidImageError, decode_image
+from nearcaipi.imaging import IDENTIFIER_PATTERN, InvalidImageError, decode_image
 from nearcaipi.logs import configure_logging
 from nearcaipi.pipeline import ModelCache, ServedModel, label_of
 from nearcaipi.queue import EXPLAIN_TASK, create_celery_app
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 EXPLANATION_METHOD = "invrise"
 # A failed explanation is queued again at each start of the API until it has been tried this often.
 MAX_EXPLANATION_ATTEMPTS = 3
-IDENTIFIER_PATTERN = r"^[A-Za-z0-9._:\-]{1,64}$"
 IMAGE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 UPLOAD_READ_CHUNK = 1024 * 1024
 UPLOAD_ERROR_STATUS = {
@@ -96,6 +96,15 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _answer_api_error(_request: Request, error: ApiError) -> JSONResponse:
         return JSONResponse(status_code=error.status_code, content={"detail": error.detail, "message": error.message})
+
+    @app.exception_handler(RequestValidationError)
+    async def _answer_validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+        # Same shape as the other errors: a fixed detail, and a message that names each bad field.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'request'}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        return JSONResponse(status_code=422, content={"detail": "invalid request", "message": problems})
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict:

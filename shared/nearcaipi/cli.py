@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import signal
 import statistics
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from nearcaipi.config import StackSettings, TrainerSettings
-from nearcaipi.data import DatasetError, load_rgb, resolve_data_dir, restore_splits
+from nearcaipi.data import DatasetError, resolve_data_dir, restore_splits
 from nearcaipi.explanation import METHODS, ExplanationParameters, encode_map, explain, render_overlay
+from nearcaipi.imaging import IDENTIFIER_PATTERN, InvalidImageError, read_image_file
 from nearcaipi.logs import configure_logging
 from nearcaipi.models import BACKBONES, Classifier, load_checkpoint, save_checkpoint
 from nearcaipi.selection import STRATEGIES
@@ -54,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain_command.add_argument("--cells", type=int, default=8, help="Mask grid size s (default 8).")
     explain_command.add_argument("--batch-size", type=int, default=100, help="Masked images per forward pass.")
     explain_command.add_argument("--seed", type=int, default=0)
-    explain_command.add_argument("--output", type=Path, help="Overlay PNG (default: <image>.<method>.png here).")
+    explain_command.add_argument(
+        "--output", type=Path, help="Overlay PNG (default: var/explanations/<image>.<method>.png)."
+    )
     explain_command.add_argument("--map", type=Path, help="Also write the raw map as .npy (H x W float32).")
 
     up = commands.add_parser("up", help="Start API, workers and console; train first if no model exists.")
@@ -88,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--retrain-epochs", type=int, default=10, help="Epochs of each retraining.")
     experiment.add_argument("--batch-size", type=int, default=32)
 
+    similarity = commands.add_parser(
+        "benchmark-similarity", help="Measure near hit/miss queries and index rebuilds at plant scale."
+    )
+    similarity.add_argument("--sizes", nargs="+", type=int, default=[10_000, 1_000_000], help="Index sizes.")
+    similarity.add_argument("--dimensions", type=int, default=512, help="Embedding length (512 for ResNet-18).")
+    similarity.add_argument("--image-size", type=int, default=128, help="Model input side for the embedding cost.")
+
     camera = commands.add_parser("camera", help="Post images to the API like a line camera.")
     camera.add_argument("paths", nargs="*", type=Path, help="Image files or folders.")
     camera.add_argument(
@@ -95,9 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("train", "validation", "test", "pool"),
         help="Post this split of the promoted model's data set instead of paths.",
     )
-    camera.add_argument("--api", default="http://127.0.0.1:8000", help="Base URL of the inference API.")
-    camera.add_argument("--rate", type=float, default=1.0, help="Images per second (0: as fast as possible).")
-    camera.add_argument("--camera-id", default="camera-1")
+    camera.add_argument(
+        "--api", default="http://127.0.0.1:8000", help="Base URL of the inference API (default %(default)s)."
+    )
+    camera.add_argument(
+        "--rate", type=float, default=1.0, help="Images per second, 0 for as fast as possible (default %(default)s)."
+    )
+    camera.add_argument(
+        "--camera-id",
+        default="camera-1",
+        help="Id sent with every image: 1-64 of A-Z a-z 0-9 . _ : - (default %(default)s).",
+    )
     camera.add_argument("--limit", type=int, help="Post at most this many images.")
     return parser
 
@@ -112,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         "up": _up,
         "retrain": _retrain,
         "experiment": _experiment,
+        "benchmark-similarity": _benchmark_similarity,
         "camera": _camera,
     }
     try:
         return handlers[arguments.command](arguments)
-    except (DatasetError, FileNotFoundError, LookupError, ValueError) as error:
+    except (DatasetError, InvalidImageError, OSError, LookupError, ValueError) as error:
         print(f"nearcaipi {arguments.command}: {error}", file=sys.stderr)
         return 2
 
@@ -204,6 +224,47 @@ def _experiment(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark_similarity(arguments: argparse.Namespace) -> int:
+    import torch
+
+    from nearcaipi.models import ModelCard, build_network
+    from nearcaipi.similarity import SimilarityIndex, embed
+
+    rng = np.random.default_rng(0)
+    print(f"torch threads: {torch.get_num_threads()}, embedding length {arguments.dimensions}")
+
+    # Rebuilding an index for a new model version means embedding every pool image again: measure per image.
+    network, _ = build_network("resnet18", pretrained=False)
+    classifier = Classifier(network, ModelCard(backbone="resnet18", input_size=arguments.image_size))
+    batch = torch.rand(64, 3, arguments.image_size, arguments.image_size)
+    embed(classifier, batch[:8])
+    started = time.perf_counter()
+    embed(classifier, batch)
+    per_image = (time.perf_counter() - started) / len(batch)
+    print(f"embedding (ResNet-18 forward at {arguments.image_size} px): {per_image * 1000:.1f} ms per image")
+
+    for size in arguments.sizes:
+        embeddings = rng.standard_normal((size, arguments.dimensions), dtype=np.float32)
+        classes = rng.integers(0, 2, size)
+        keys = [str(number) for number in range(size)]
+
+        started = time.perf_counter()
+        index = SimilarityIndex(keys, embeddings, classes)
+        build_seconds = time.perf_counter() - started
+
+        queries = rng.standard_normal((20, arguments.dimensions), dtype=np.float32)
+        started = time.perf_counter()
+        for query in queries:
+            index.nearest(query, 1)
+        query_seconds = (time.perf_counter() - started) / len(queries)
+
+        print(
+            f"{size:>9} images: query {query_seconds * 1000:.2f} ms, index build {build_seconds:.2f} s "
+            f"(+ embedding {size * per_image / 60:.1f} min), codebook {index.unit.nbytes / 2**20:.0f} MiB"
+        )
+    return 0
+
+
 def _positive(value: int, option: str) -> int:
     if value < 1:
         raise ValueError(f"{option} must be a positive whole number, got {value}")
@@ -232,15 +293,23 @@ def _retrain(arguments: argparse.Namespace) -> int:
 
 def _predict(arguments: argparse.Namespace) -> int:
     classifier = _load_classifier(arguments.checkpoint)
+    failures = 0
     for path in arguments.images:
-        p_nok = classifier.predict([load_rgb(path)])[0]
+        try:
+            pixels = read_image_file(path).pixels
+        except (InvalidImageError, OSError) as error:
+            # One bad file must not hide the verdicts on the others.
+            print(f"nearcaipi predict: skipped {path}: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        p_nok = classifier.predict([pixels])[0]
         print(f"{path}\t{'NOK' if p_nok >= 0.5 else 'OK'}\tp_nok={p_nok:.4f}")
-    return 0
+    return 1 if failures else 0
 
 
 def _explain(arguments: argparse.Namespace) -> int:
     classifier = _load_classifier(arguments.checkpoint)
-    image = load_rgb(arguments.image)
+    image = read_image_file(arguments.image).pixels
     parameters = ExplanationParameters(
         masks=arguments.masks, cells=arguments.cells, batch_size=arguments.batch_size, seed=arguments.seed
     )
@@ -249,7 +318,10 @@ def _explain(arguments: argparse.Namespace) -> int:
     explanation = explain(classifier, image, arguments.method, parameters)
     seconds = time.perf_counter() - started
 
-    output = arguments.output or Path(f"{arguments.image.stem}.{arguments.method}.png")
+    output = (
+        arguments.output or StackSettings().home / "explanations" / f"{arguments.image.stem}.{arguments.method}.png"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(render_overlay(image, explanation.saliency, explanation.flat))
     if arguments.map:
         arguments.map.write_bytes(encode_map(explanation.saliency))
@@ -275,10 +347,14 @@ def _camera(arguments: argparse.Namespace) -> int:
     else:
         raise ValueError("give image files or folders, or --split")
     files = files[: arguments.limit] if arguments.limit else files
+    if not re.fullmatch(IDENTIFIER_PATTERN, arguments.camera_id):
+        raise ValueError(f"invalid --camera-id {arguments.camera_id!r}: use 1-64 of A-Z a-z 0-9 . _ : -")
+    if arguments.rate < 0:
+        raise ValueError(f"--rate must be 0 or more images per second, got {arguments.rate}")
 
     report = run_camera(files, arguments.api, arguments.rate, arguments.camera_id)
     _print_camera_report(report)
-    return 0 if report.failed == 0 else 1
+    return 0 if report.failed == 0 and report.rejected == 0 else 1
 
 
 def _split_files(split: str) -> list[Path]:
@@ -291,11 +367,11 @@ def _split_files(split: str) -> list[Path]:
 
 
 def _print_camera_report(report) -> None:
-    latencies = report.latencies_ms or [float("nan")]
-    print(
-        f"camera: {report.posted} posted ({report.nok} NOK), {report.rejected} rejected, {report.failed} failed; "
-        f"verdict latency median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms"
-    )
+    summary = f"camera: {report.posted} posted ({report.nok} NOK), {report.rejected} rejected, {report.failed} failed"
+    if report.latencies_ms:
+        latencies = report.latencies_ms
+        summary += f"; verdict latency median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms"
+    print(summary)
 
 
 def _up(arguments: argparse.Namespace) -> int:

@@ -29,7 +29,10 @@ class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEARCAIPI_", extra="ignore")
 
     mode: Literal["embedded", "production"] = "embedded"
-    home: Path = Field(default=Path("var"), description="State folder of the embedded mode.")
+    home: Path = Field(
+        default=PROJECT_ROOT / "var",
+        description="State folder of the embedded mode; a relative path is taken from the current folder.",
+    )
     database_url: str | None = None
     broker_url: str | None = None
     object_store_url: str | None = Field(

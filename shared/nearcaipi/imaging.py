@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
+# Camera and part ids: 1 to 64 letters, digits, dots, underscores, colons or hyphens.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9._:\-]{1,64}$"
 
 
 class InvalidImageError(ValueError):
@@ -41,6 +44,14 @@ class DecodedImage:
     @property
     def suffix(self) -> str:
         return {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif"}[self.format]
+
+
+def read_image_file(path: Path, max_pixels: int = 400_000_000) -> DecodedImage:
+    """Read and decode an image file; raises InvalidImageError naming the file, or OSError if it is unreadable."""
+    try:
+        return decode_image(Path(path).read_bytes(), max_pixels)
+    except InvalidImageError as error:
+        raise InvalidImageError(error.reason, f"{path}: {error.detail}") from error
 
 
 def decode_image(data: bytes, max_pixels: int) -> DecodedImage:

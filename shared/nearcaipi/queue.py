@@ -36,12 +36,14 @@ def create_celery_app(settings: StackSettings, name: str) -> Celery:
 
     if (settings.broker_url or "").startswith("filesystem://"):
         folder = settings.queue_folder
-        for sub in ("messages", "processed"):
+        for sub in ("messages", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         app.conf.broker_transport_options = {
             "data_folder_in": str(folder / "messages"),
             "data_folder_out": str(folder / "messages"),
             "processed_folder": str(folder / "processed"),
+            # Without it, kombu writes its exchange tables to ./control of whatever the current folder is.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     elif (settings.broker_url or "").startswith("redis"):

@@ -36,7 +36,7 @@ def service_commands(api_host: str, api_port: int, console_port: int) -> dict[st
         ],
         "console": [
             python, "-m", "streamlit", "run", "services/ui/app.py",
-            "--server.port", str(console_port), "--server.headless", "true",
+            "--server.address", api_host, "--server.port", str(console_port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false",
         ],
     }  # fmt: skip
@@ -57,7 +57,7 @@ class Stack:
     def exited(self) -> dict[str, int]:
         return {name: process.returncode for name, process in self.processes.items() if process.poll() is not None}
 
-    def stop(self, grace_seconds: float = 30.0) -> None:
+    def stop(self, grace_seconds: float = 60.0) -> None:
         """Ask every service to stop (SIGTERM: workers finish their current task), then kill stragglers.
 
         A worker killed mid-task loses nothing: its explanation stays "running" in the records and the API

@@ -126,8 +126,17 @@ def test_bad_upload_gets_clear_4xx(
 
 def test_invalid_camera_id_is_rejected(stack: RunningStack, sample_images: list[Path]) -> None:
     response = post_image(stack, sample_images[0], camera_id="camera with spaces/../")
+
     assert response.status_code == 422
-    assert "camera_id" in response.text
+    assert response.json()["detail"] == "invalid request"
+    assert response.json()["message"].startswith("camera_id: String should match pattern")
+
+
+def test_upload_without_file_is_rejected(stack: RunningStack) -> None:
+    response = httpx.post(f"{stack.api_url}/v1/images", data={"camera_id": "cam-1"}, timeout=10)
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": "invalid request", "message": "file: Field required"}
 
 
 def test_openapi_lists_the_image_routes(stack: RunningStack) -> None:
