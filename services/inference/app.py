@@ -25,6 +25,7 @@ from nearcaipi.imaging import IDENTIFIER_PATTERN, InvalidImageError, decode_imag
 from nearcaipi.logs import configure_logging
 from nearcaipi.pipeline import ModelCache, ServedModel, label_of
 from nearcaipi.queue import EXPLAIN_TASK, create_celery_app
+from nearcaipi.similarity import embed
 from nearcaipi.storage.objects import ObjectNotFoundError, open_object_store
 from nearcaipi.storage.records import ExplanationRecord, ImageRecord, PredictionRecord, RecordStore
 from services.inference.schemas import ExplanationPublic, InspectionPublic, ModelVersionPublic
@@ -131,8 +132,10 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             raise ApiError(503, "no model version is promoted", "train a model first: nearcaipi train")
         model_version, classifier = current
 
+        # One forward pass yields the verdict and the embedding that near hits and misses are found with.
         started = time.perf_counter()
-        p_nok = classifier.predict([decoded.pixels])[0]
+        embeddings, p_values = embed(classifier, classifier.to_input(decoded.pixels))
+        p_nok = float(p_values[0])
         latency_ms = (time.perf_counter() - started) * 1000.0
 
         # The bytes go to the object store before the record exists, so no record points at a missing image.
@@ -151,7 +154,12 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             sha256=hashlib.sha256(data).hexdigest(),
         )
         prediction = PredictionRecord(
-            image_id=image_id, model_version=model_version, label=label_of(p_nok), p_nok=p_nok, latency_ms=latency_ms
+            image_id=image_id,
+            model_version=model_version,
+            label=label_of(p_nok),
+            p_nok=p_nok,
+            latency_ms=latency_ms,
+            embedding=embeddings[0].tobytes(),
         )
         records.add_inspection(image, prediction, EXPLANATION_METHOD)
         enqueue_explanation(image_id, model_version, EXPLANATION_METHOD)

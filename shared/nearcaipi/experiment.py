@@ -2,7 +2,7 @@
 
 Per seed, the data set is split (train, validation, test, pool). The initial training set is a stratified
 sample of ``initial_size`` images from train and pool; the remaining ones form the interactive pool. Each
-iteration predicts the pool, lets the strategy choose ``budget`` images, has the simulated reviewer answer with
+iteration predicts the pool, lets the strategy choose ``budget`` images, has the simulated reviewer label them with
 the ground-truth label and defect mask, adds what the strategy adds (see nearcaipi.selection), retrains, and
 scores accuracy, F1 (NOK positive) and MCC on the test split.
 
@@ -126,7 +126,7 @@ class ImageBank:
 
 
 def make_refutations(sample: Sample, ok_backgrounds: Sequence[Sample], rng: np.random.Generator) -> list[Refutation]:
-    """All refutations of one reviewed image: zoom in, zoom out, an augmented copy, the defect on an OK background.
+    """Generate the refutations of one reviewed image: zoom in, zoom out, augmented copy, defect on OK background.
 
     The zoom-in and background ones need a defect region, so an OK image (or a NOK one without mask) gets only
     the zoom-out and the augmented copy.
@@ -311,7 +311,10 @@ def _summaries(rows: Sequence[dict[str, str]], strategy: str, metric: str, itera
 
 
 def write_table(rows: Sequence[dict[str, str]], path: Path, config: ExperimentConfig) -> None:
-    """Write the paper's layout: a row per strategy and metric, a column per iteration, mean ± std over seeds."""
+    """Write a table in the NearCAIPI paper's layout: a row per strategy and metric, a column per iteration.
+
+    Each cell is the mean ± standard deviation over seeds.
+    """
     iterations = range(1, config.iterations + 1)
     strategies = [strategy for strategy in config.strategies if any(row["strategy"] == strategy for row in rows)]
     seeds = sorted({int(row["seed"]) for row in rows})

@@ -6,8 +6,8 @@ parameters), so that refutations can be traced and removed again. Generators:
 - ``zoom_in``: a crop around the marked defect region; needs a defect region.
 - ``zoom_out``: the whole image shrunk onto a canvas of the original size, padded with its mean grey.
 - ``augment``: flips, a small rotation, brightness and contrast changes.
-- ``background``: the defect region placed on another background (an OK image of the same product or a
-  texture such as a NEU surface image); needs a defect region.
+- ``background``: the defect region placed on another background, such as an OK image of the same product or
+  a NEU surface texture. It needs a defect region.
 """
 
 from __future__ import annotations

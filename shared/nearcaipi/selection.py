@@ -1,4 +1,4 @@
-"""Selection strategies of the interactive loop: which pool images a reviewer sees, and what joins training.
+"""Selection strategies of the interactive loop: which pool images a reviewer gets, and what joins training.
 
 | strategy    | chooses                               | adds to training                                     |
 | random      | b random pool images                  | them, labelled                                       |
@@ -60,7 +60,7 @@ def choose_for_review(
 
 @dataclass(frozen=True)
 class Additions:
-    """What one iteration moves from the pool into training."""
+    """Images that one iteration moves from the pool into training."""
 
     reviewed: list[str]
     neighbours: list[str]
@@ -78,7 +78,7 @@ def plan_additions(
     """Decide the training additions of one iteration after the (simulated) reviewer labelled ``reviewed``.
 
     Near hits and misses are looked up for each wrongly predicted reviewed image, by its reviewed label, in an
-    index of the pool whose classes are predictions; the reviewed images themselves are never neighbours.
+    index of the pool whose classes are predictions. The reviewed images themselves are never neighbours.
     """
     check_strategy(strategy)
     reviewed = list(reviewed)
@@ -87,15 +87,15 @@ def plan_additions(
     if uses_neighbours(strategy):
         if index is None:
             raise ValueError(f"strategy {strategy} needs a similarity index of the pool")
-        taken = set(reviewed)
+        already_added = set(reviewed)
         for key in reviewed:
             if predicted_class[key] == true_class[key]:
                 continue
             found = index.nearest_to_key(key, true_class[key])
             for neighbour in (found.near_hit, found.near_miss):
-                if neighbour is not None and neighbour.key not in taken:
+                if neighbour is not None and neighbour.key not in already_added:
                     neighbours.append(neighbour.key)
-                    taken.add(neighbour.key)
+                    already_added.add(neighbour.key)
 
     refute: list[str] = []
     if uses_refutations(strategy):

@@ -73,7 +73,7 @@ class SimilarityIndex:
     """Exact cosine-similarity search over the embeddings of one model version.
 
     A query is one matrix-vector product over the unit-normalised codebook, O(N x D); building normalises the
-    codebook once, O(N x D) as well. Exact search keeps the answer identical to a brute-force comparison.
+    codebook once, O(N x D) as well. Exact search returns the same neighbours as a brute-force comparison.
     """
 
     def __init__(self, keys: Sequence[str], embeddings: np.ndarray, classes: Sequence[int]) -> None:

@@ -88,6 +88,11 @@ def test_verdict_then_explanation_with_image_shape(stack: RunningStack, sample_i
         original = httpx.get(inspection["image_url"], timeout=10)
         assert original.content == path.read_bytes()
 
+        prediction = stack.records.get_image(verdict["image_id"]).predictions[-1]
+        embedding = np.frombuffer(prediction.embedding, dtype=np.float32)
+        assert embedding.shape == (512,)
+        assert np.isfinite(embedding).all()
+
 
 def test_listing_returns_newest_first(stack: RunningStack, sample_images: list[Path]) -> None:
     first = post_image(stack, sample_images[0], camera_id="listing-cam").json()

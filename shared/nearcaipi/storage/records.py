@@ -20,13 +20,16 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Dialect, Engine
@@ -104,6 +107,8 @@ class PredictionRecord(Base):
     label: Mapped[str] = mapped_column(String(8))
     p_nok: Mapped[float] = mapped_column(Float)
     latency_ms: Mapped[float] = mapped_column(Float)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """Penultimate-layer embedding of the image under this model version: float32 bytes (D values)."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now)
 
     image: Mapped[ImageRecord] = relationship(back_populates="predictions")
@@ -210,6 +215,23 @@ class RecordStore:
             # once, by which time the tables exist.
             logger.info("Schema creation raced with another process (%s); checking again", error.orig)
             Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Add columns introduced after a database was created; create_all only creates whole tables.
+
+        NOTE: a stopgap for nullable columns until the schema is managed with Alembic migrations.
+        """
+        inspector = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                column_type = column.type.compile(dialect=self.engine.dialect)
+                with self.engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {column_type}'))
+                logger.info("Added column %s.%s to an existing database", table.name, column.name)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
