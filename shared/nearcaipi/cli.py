@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--initial-epochs", type=int, default=30, help="Epochs of the initial training.")
     experiment.add_argument("--retrain-epochs", type=int, default=10, help="Epochs of each retraining.")
     experiment.add_argument("--batch-size", type=int, default=32)
+    experiment.add_argument(
+        "--backgrounds", type=Path, help="Images to place defects on, such as NEU textures (default: OK images)."
+    )
 
     similarity = commands.add_parser(
         "benchmark-similarity", help="Measure near hit/miss queries and index rebuilds at plant scale."
@@ -218,6 +221,7 @@ def _experiment(arguments: argparse.Namespace) -> int:
         initial_epochs=_positive(arguments.initial_epochs, "--initial-epochs"),
         retrain_epochs=_positive(arguments.retrain_epochs, "--retrain-epochs"),
         batch_size=_positive(arguments.batch_size, "--batch-size"),
+        backgrounds_dir=arguments.backgrounds,
     )
     results = run_experiment(config)
     print(f"results in {results}, table in {config.output_dir / 'table.md'}, plot in {config.output_dir / 'mcc.png'}")

@@ -5,7 +5,8 @@ Two layouts are recognised:
 - Magnetic tiles (Huang, Qiu, Yuan, "Surface defect saliency of magnetic tile", 2020):
   ``MT_<Class>/Imgs/<name>.jpg`` with the defect mask in ``<name>.png`` beside it. ``MT_Free`` is OK,
   every other class is NOK.
-- Plain: ``ok/<name>.<ext>``, ``nok/<name>.<ext>`` and optionally ``masks/<name>.png`` for NOK images.
+- Plain: ``ok/<name>.<ext>``, ``nok/<name>.<ext>`` and optionally ``masks/<name>.png`` for NOK images, or
+  ``masks/<name>.xml`` with Pascal VOC boxes where defects are marked by boxes (a box is a coarse mask).
 """
 
 from __future__ import annotations
@@ -121,7 +122,11 @@ def _discover_magnetic_tiles(root: Path) -> list[Sample]:
 
 
 def _discover_plain(root: Path) -> list[Sample]:
-    masks = {path.stem: path for path in (root / "masks").glob("*.png")} if (root / "masks").is_dir() else {}
+    masks = {}
+    if (root / "masks").is_dir():
+        # A pixel mask wins over a box annotation of the same image.
+        for pattern in ("*.xml", "*.png"):
+            masks.update({path.stem: path for path in (root / "masks").glob(pattern)})
     samples = []
     for folder, label in (("ok", OK), ("nok", NOK)):
         for image_path in sorted((root / folder).glob("*")):
@@ -196,9 +201,19 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
-    """Read a defect mask binarised at MASK_THRESHOLD; no mask means no defect. Returns (H, W) bool."""
+    """Read a defect mask binarised at MASK_THRESHOLD, or the union of VOC boxes; returns (H, W) bool.
+
+    No mask means no defect.
+    """
     if path is None:
         return np.zeros(shape, dtype=bool)
+    if path.suffix == ".xml":
+        from nearcaipi.refutations import box_to_mask, read_voc_boxes
+
+        mask = np.zeros(shape, dtype=bool)
+        for box in read_voc_boxes(path):
+            mask |= box_to_mask(box, shape)
+        return mask
     with Image.open(path) as image:
         mask = np.asarray(image.convert("L")) >= MASK_THRESHOLD
     if mask.shape != shape:

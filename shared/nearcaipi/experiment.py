@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nearcaipi.data import NOK, Sample, discover_samples, load_mask, load_rgb, split_samples
+from nearcaipi.data import IMAGE_SUFFIXES, NOK, Sample, discover_samples, load_mask, load_rgb, split_samples
 from nearcaipi.metrics import classification_metrics
 from nearcaipi.models import Classifier, ModelCard, build_network, select_device
 from nearcaipi.refutations import Refutation, augment, place_on_background, zoom_in, zoom_out
@@ -78,6 +78,8 @@ class ExperimentConfig:
     learning_rate: float = 0.001
     optimizer: str = "adam"
     device: str = "auto"
+    backgrounds_dir: Path | None = None
+    """Images to place defects on (for example NEU surface textures); None uses the OK training images."""
     notes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,14 @@ class ExperimentConfig:
                 f"initial_size must be at least 2, budget and iterations at least 1; got {self.initial_size}, "
                 f"{self.budget} and {self.iterations}"
             )
+
+    def background_images(self) -> list[Path]:
+        if self.backgrounds_dir is None:
+            return []
+        images = sorted(path for path in Path(self.backgrounds_dir).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"background folder {self.backgrounds_dir} contains no images")
+        return images
 
     def profile(self, epochs: int) -> TrainingProfile:
         return TrainingProfile(
@@ -125,7 +135,7 @@ class ImageBank:
         return resized.round().clamp(0, 255).to(torch.uint8)[0]
 
 
-def make_refutations(sample: Sample, ok_backgrounds: Sequence[Sample], rng: np.random.Generator) -> list[Refutation]:
+def make_refutations(sample: Sample, backgrounds: Sequence[Path], rng: np.random.Generator) -> list[Refutation]:
     """Generate the refutations of one reviewed image: zoom in, zoom out, augmented copy, defect on OK background.
 
     The zoom-in and background ones need a defect region, so an OK image (or a NOK one without mask) gets only
@@ -137,10 +147,10 @@ def make_refutations(sample: Sample, ok_backgrounds: Sequence[Sample], rng: np.r
     refutations = [zoom_out(pixels, mask, sample.label, key), augment(pixels, mask, sample.label, key, rng)]
     if sample.label == NOK and mask.any():
         refutations.append(zoom_in(pixels, mask, sample.label, key))
-        if ok_backgrounds:
-            background = ok_backgrounds[int(rng.integers(len(ok_backgrounds)))]
+        if backgrounds:
+            background = backgrounds[int(rng.integers(len(backgrounds)))]
             refutations.append(
-                place_on_background(pixels, mask, sample.label, key, load_rgb(background.path), str(background.path))
+                place_on_background(pixels, mask, sample.label, key, load_rgb(background), str(background))
             )
     return refutations
 
@@ -200,9 +210,11 @@ def run_strategy(
             )
             additions = plan_additions(strategy, reviewed, predicted, truth, index)
 
-            ok_backgrounds = [bank.samples[key] for key in training_keys if bank.samples[key].label != NOK]
+            backgrounds = config.background_images() or [
+                bank.samples[key].path for key in training_keys if bank.samples[key].label != NOK
+            ]
             for key in additions.refute:
-                for refutation in make_refutations(bank.samples[key], ok_backgrounds, rng):
+                for refutation in make_refutations(bank.samples[key], backgrounds, rng):
                     extra_images.append(bank.resize(refutation.pixels))
                     extra_labels.append(refutation.label)
                     refutations_added += 1

@@ -140,3 +140,23 @@ def test_fetch_unpacks_the_public_archive_layout(tmp_path: Path) -> None:
 def test_fetch_failure_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="set NEARCAIPI_DATA_DIR"):
         fetch_magnetic_tiles(tmp_path, url="http://127.0.0.1:9/archive.zip", timeout=2)
+
+
+def test_plain_layout_reads_box_annotations(tmp_path: Path) -> None:
+    for folder in ("ok", "nok", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(tmp_path / "ok" / "a.png")
+    Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(tmp_path / "nok" / "b.png")
+    (tmp_path / "masks" / "b.xml").write_text(
+        "<annotation><object><bndbox><xmin>5</xmin><ymin>10</ymin><xmax>14</xmax><ymax>11</ymax></bndbox></object>"
+        "<object><bndbox><xmin>41</xmin><ymin>31</ymin><xmax>50</xmax><ymax>40</ymax></bndbox></object></annotation>"
+    )
+
+    nok = next(sample for sample in discover_samples(tmp_path) if sample.label == NOK)
+    mask = load_mask(nok.mask_path, (40, 50))
+
+    assert nok.mask_path.suffix == ".xml"
+    assert mask.sum() == 10 * 2 + 10 * 10
+    assert mask[9, 4]
+    assert mask[39, 49]
+    assert not mask[0, 0]

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nearcaipi.experiment import CSV_COLUMNS, ExperimentConfig, run_experiment
+from nearcaipi.data import NOK, discover_samples
+from nearcaipi.experiment import CSV_COLUMNS, ExperimentConfig, make_refutations, run_experiment
 from nearcaipi.selection import choose_for_review, plan_additions
 from nearcaipi.similarity import SimilarityIndex
 
@@ -53,6 +54,22 @@ def test_small_experiment_writes_results(plain_dataset: Path, tmp_path: Path) ->
     assert sum(line.startswith("| Near CAIPI |") for line in table) == 3
     with Image.open(tmp_path / "run" / "mcc.png") as plot:
         assert plot.size[0] > 400
+
+
+def test_textures_serve_as_backgrounds(plain_dataset: Path, tmp_path: Path) -> None:
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    Image.fromarray(np.full((20, 20, 3), 7, dtype=np.uint8)).save(textures / "crazing_1.jpg")
+    config = small_config(plain_dataset, tmp_path / "run")
+    config.backgrounds_dir = textures
+    sample = next(sample for sample in discover_samples(plain_dataset) if sample.label == NOK)
+
+    refutations = make_refutations(sample, config.background_images(), np.random.default_rng(0))
+
+    assert [refutation.generator for refutation in refutations] == ["zoom_out", "augment", "zoom_in", "background"]
+    assert refutations[-1].parameters["background"] == str(textures / "crazing_1.jpg")
+    assert all(refutation.label == NOK for refutation in refutations)
+    assert all(refutation.source == str(sample.path) for refutation in refutations)
 
 
 def test_resume_repeats_only_incomplete_runs(plain_dataset: Path, tmp_path: Path) -> None:
