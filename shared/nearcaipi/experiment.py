@@ -18,7 +18,7 @@ import csv
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,6 @@ class ExperimentConfig:
     device: str = "auto"
     backgrounds_dir: Path | None = None
     """Images to place defects on (for example NEU surface textures); None uses the OK training images."""
-    notes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for strategy in self.strategies:
