@@ -46,7 +46,7 @@ UPLOAD_ERROR_STATUS = {
 
 
 class ApiError(Exception):
-    """An error answered with a fixed ``detail`` phrase and a ``message`` naming the bad value."""
+    """An error returned with a fixed ``detail`` phrase and a ``message`` naming the bad value."""
 
     def __init__(self, status_code: int, detail: str, message: str) -> None:
         super().__init__(message)

@@ -98,7 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     similarity = commands.add_parser(
         "benchmark-similarity", help="Measure near hit/miss queries and index rebuilds at plant scale."
     )
-    similarity.add_argument("--sizes", nargs="+", type=int, default=[10_000, 1_000_000], help="Index sizes.")
+    similarity.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=[10_000, 1_000_000],
+        help="Numbers of images in the index to time (default 10000 and 1000000).",
+    )
     similarity.add_argument("--dimensions", type=int, default=512, help="Embedding length (512 for ResNet-18).")
     similarity.add_argument("--image-size", type=int, default=128, help="Model input side for the embedding cost.")
 
