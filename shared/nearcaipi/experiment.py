@@ -2,9 +2,9 @@
 
 Per seed, the data set is split (train, validation, test, pool). The initial training set is a stratified
 sample of ``initial_size`` images from train and pool; the remaining ones form the interactive pool. Each
-iteration predicts the pool, lets the strategy choose ``budget`` images, has the simulated reviewer label them with
-the ground-truth label and defect mask, adds what the strategy adds (see nearcaipi.selection), retrains, and
-scores accuracy, F1 (NOK positive) and MCC on the test split.
+iteration predicts the pool and lets the strategy choose ``budget`` images. The simulated reviewer labels them
+with the ground-truth label and defect mask. The iteration then adds what the strategy adds (see
+nearcaipi.selection), retrains, and scores accuracy, F1 (NOK positive) and MCC on the test split.
 
 Results go to ``results.csv`` (one row per strategy, seed and iteration), ``table.md`` (rows per strategy and
 metric, a column per iteration, mean and standard deviation over seeds) and ``mcc.png`` (MCC against the
@@ -38,7 +38,7 @@ from nearcaipi.selection import (
     uses_neighbours,
 )
 from nearcaipi.similarity import SimilarityIndex, embed
-from nearcaipi.training import TrainingProfile, fit_classifier
+from nearcaipi.training import TrainingProfile, fit_classifier, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +129,7 @@ class ImageBank:
 
     def resize(self, pixels: np.ndarray) -> torch.Tensor:
         """Resize generated (H, W, 3) uint8 pixels like the bank's images. Returns (3, S, S) uint8."""
-        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
-        resized = torch.nn.functional.interpolate(image, size=(self.size, self.size), mode="bilinear", antialias=True)
-        return resized.round().clamp(0, 255).to(torch.uint8)[0]
+        return resize_image(pixels, self.size)
 
 
 def make_refutations(sample: Sample, backgrounds: Sequence[Path], rng: np.random.Generator) -> list[Refutation]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from nearcaipi.explanation import upsample_map
 
 TOP_FRACTION = 0.1
 
@@ -22,8 +23,8 @@ TOP_FRACTION = 0.1
 def binarise_top(saliency: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
     """Mark the ``fraction`` most salient pixels. (H, W) float -> (H, W) bool.
 
-    Exactly round(fraction x H x W) pixels are marked, at least one; ties at the threshold are broken by pixel
-    order (row-major), so a flat map marks its first pixels rather than all or none of them.
+    Exactly round(fraction x H x W) pixels are marked, at least one. Ties at the threshold are broken in
+    row-major pixel order, so a flat map marks its first pixels rather than all or none of them.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
@@ -39,8 +40,7 @@ def resize_map(saliency: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinearly resize a map to ``shape`` (H, W); returns it unchanged when it already has that shape."""
     if saliency.shape == shape:
         return saliency
-    tensor = torch.from_numpy(np.ascontiguousarray(saliency, dtype=np.float32))[None, None]
-    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return upsample_map(torch.from_numpy(np.ascontiguousarray(saliency, dtype=np.float32)), *shape)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -54,7 +55,7 @@ TRAINING_PROFILES = {
     "paper": TrainingProfile("paper", input_size=224, max_epochs=100, patience=10, batch_size=32, learning_rate=0.001),
     # Compared with the paper profile: 128 x 128 inputs (a third of the pixels), batches of 16, Adam with
     # learning rate 0.001, and no new epoch after 10 minutes. On a 2-core CPU an epoch over the magnetic
-    # tiles' 538 training images takes about 15 s, so the budget allows about 40 epochs; trained from
+    # tiles' 538 training images takes about 15 s, so the budget allows about 40 epochs. Trained from
     # scratch, SGD at 0.001 or 0.01 left the training loss near chance for longer than Adam did.
     "quick": TrainingProfile(
         "quick",
@@ -80,14 +81,20 @@ class TrainingReport:
     history: list[dict[str, float]]
 
 
+def resize_image(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """Resize an RGB image to a square model input. (H, W, 3) uint8 -> (3, size, size) uint8."""
+    image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float()
+    resized = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)[0]
+
+
 def load_images(samples: Sequence[Sample], size: int, progress: bool = False) -> torch.Tensor:
     """Load and resize images for training. Returns (B, 3, size, size) uint8."""
-    tensors = []
-    for sample in tqdm(samples, desc=f"load {size}px", disable=not progress, leave=False):
-        image = torch.from_numpy(load_rgb(sample.path)).permute(2, 0, 1).unsqueeze(0).float()
-        resized = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True)
-        tensors.append(resized.round().clamp(0, 255).to(torch.uint8))
-    return torch.cat(tensors) if tensors else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    tensors = [
+        resize_image(load_rgb(sample.path), size)
+        for sample in tqdm(samples, desc=f"load {size}px", disable=not progress, leave=False)
+    ]
+    return torch.stack(tensors) if tensors else torch.empty(0, 3, size, size, dtype=torch.uint8)
 
 
 def _labels(samples: Sequence[Sample]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""RISE and InvRISE on tiny models whose right answer is known."""
+"""RISE and InvRISE on tiny models whose correct saliency map is known."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ PATCH = (slice(4, 12), slice(18, 28))  # rows 4..11, columns 18..27
 
 
 def patch_model(batch: torch.Tensor) -> torch.Tensor:
-    """p_nok is the mean brightness inside PATCH: the model sees nothing else."""
+    """p_nok is the mean brightness inside PATCH, and no other pixel affects it."""
     p_nok = batch[:, :, PATCH[0], PATCH[1]].mean(dim=(1, 2, 3))
     return torch.stack([1 - p_nok, p_nok], dim=1)
 
