@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from nearcaipi.selection import STRATEGIES
+
+# Subscripting Literal with the tuple lists its members, so the API accepts exactly the known strategies.
+Strategy = Literal[STRATEGIES]
 
 
 class ExplanationPublic(BaseModel):
@@ -24,6 +29,37 @@ class ExplanationPublic(BaseModel):
     map_url: str | None = None
 
 
+class ReviewRequest(BaseModel):
+    """A reviewer's judgement: the right label, whether the explanation points at the defect, the defect region."""
+
+    label: Literal["OK", "NOK"]
+    explanation: Literal["right", "wrong"] | None = Field(
+        default=None, description="right when the saliency map points at the defect, wrong otherwise"
+    )
+    defect_boxes: list[tuple[int, int, int, int]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Defect regions as [left, top, right, bottom] in pixels of the original image; "
+        "right and bottom are exclusive. Only for NOK.",
+    )
+    reviewer: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class ReviewPublic(BaseModel):
+    id: int
+    image_id: str
+    model_version: int
+    predicted_label: str
+    label: str
+    explanation_verdict: str | None
+    defect_boxes: list[list[int]]
+    reviewer: str | None
+    comment: str | None
+    training_run_id: int | None = Field(description="The first training run that learnt from this review")
+    created_at: datetime
+
+
 class InspectionPublic(BaseModel):
     """An image, the served model's verdict on it and its explanation."""
 
@@ -37,8 +73,65 @@ class InspectionPublic(BaseModel):
     p_nok: float | None = Field(description="Probability of NOK in [0, 1]")
     model_version: int | None
     explanation: ExplanationPublic | None
+    review: ReviewPublic | None = Field(default=None, description="The latest review, if any")
     image_url: str
     url: str
+
+
+class NeighbourPublic(BaseModel):
+    image_id: str
+    similarity: float = Field(description="Cosine similarity of the penultimate-layer embeddings, in [-1, 1]")
+    label: str
+    label_source: str = Field(description="review or prediction")
+    image_url: str
+    url: str
+
+
+class NeighboursPublic(BaseModel):
+    """Near hit (most similar image of the same class) and near miss (most similar of the other class)."""
+
+    image_id: str
+    model_version: int
+    label: str = Field(description="The class the neighbours were searched by")
+    label_source: str = Field(description="review or prediction")
+    pool_size: int
+    near_hit: NeighbourPublic | None
+    near_miss: NeighbourPublic | None
+
+
+class TrainingRunRequest(BaseModel):
+    """A training run that learns from all reviews so far."""
+
+    strategy: Strategy = "near_caipi"
+    profile: Literal["quick", "paper"] = "quick"
+
+
+class TrainingRunPublic(BaseModel):
+    id: int
+    status: str
+    backbone: str
+    profile: str
+    strategy: str | None
+    seed: int
+    summary: dict[str, Any] | None
+    model_version: int | None
+    error: str | None
+    requested_at: datetime
+    finished_at: datetime | None
+
+
+class RefutationPublic(BaseModel):
+    """A generated training image and where it came from."""
+
+    id: int
+    source_image_id: str
+    review_id: int | None
+    training_run_id: int
+    generator: str
+    parameters: dict[str, Any]
+    label: str
+    object_key: str
+    created_at: datetime
 
 
 class ModelVersionPublic(BaseModel):

@@ -11,6 +11,7 @@ from functools import cache
 import torch
 
 from nearcaipi.config import TrainerSettings
+from nearcaipi.data import resolve_data_dir
 from nearcaipi.logs import configure_logging
 from nearcaipi.queue import TRAIN_TASK, create_celery_app
 from nearcaipi.storage.objects import ObjectStore, open_object_store
@@ -37,4 +38,13 @@ def _adapters() -> tuple[RecordStore, ObjectStore]:
 def train_model_task(training_run_id: int) -> int | None:
     """Carry out one recorded training run; returns the model version it produced."""
     records, objects = _adapters()
-    return run_training(training_run_id, records, objects, progress=False)
+    return run_training(
+        training_run_id,
+        records,
+        objects,
+        progress=False,
+        retrain_epochs=settings.retrain_epochs,
+        max_image_pixels=settings.max_image_pixels,
+        backgrounds_dir=settings.backgrounds_dir,
+        default_data_dir=lambda: resolve_data_dir(settings.data_dir, settings.home / "datasets"),
+    )

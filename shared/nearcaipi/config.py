@@ -102,6 +102,13 @@ class InferenceSettings(StackSettings):
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest accepted width x height.")
     model_refresh_seconds: float = Field(default=2.0, ge=0.0, description="How often the served version is checked.")
+    retrain_after_reviews: int = Field(
+        default=0, ge=0, description="Queue a training run from reviews after this many new reviews; 0 turns it off."
+    )
+    # The names of nearcaipi.selection.STRATEGIES, written out because that module needs PyTorch.
+    retrain_strategy: Literal["random", "al", "near_al", "caipi", "near_caipi"] = Field(
+        default="near_caipi", description="Selection strategy of those runs."
+    )
     device: str = Field(default="auto", description="auto (CUDA when visible, else CPU), cpu, cuda or cuda:N.")
     torch_threads: int = Field(default=0, ge=0, description="0 leaves PyTorch's default.")
 
@@ -121,6 +128,12 @@ class TrainerSettings(StackSettings):
     training_profile: Literal["quick", "paper"] = "quick"
     backbone: str = "resnet18"
     split_seed: int = 0
+    retrain_epochs: int = Field(default=10, ge=1, description="Epochs of fine-tuning in a training run from reviews.")
+    backgrounds_dir: Path | None = Field(
+        default=None,
+        description="Images that refutations place defects on (such as NEU textures); default: OK training images.",
+    )
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest width x height read from the store.")
     device: str = Field(default="auto", description="auto (CUDA when visible, else CPU), cpu, cuda or cuda:N.")
     torch_threads: int = Field(default=0, ge=0, description="0 leaves PyTorch's default.")
 

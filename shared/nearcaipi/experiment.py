@@ -28,7 +28,7 @@ from tqdm import tqdm
 from nearcaipi.data import IMAGE_SUFFIXES, NOK, Sample, discover_samples, load_mask, load_rgb, split_samples
 from nearcaipi.metrics import classification_metrics
 from nearcaipi.models import Classifier, ModelCard, build_network, select_device
-from nearcaipi.refutations import Refutation, augment, place_on_background, zoom_in, zoom_out
+from nearcaipi.refutations import Refutation, generate_refutations
 from nearcaipi.selection import (
     STRATEGIES,
     STRATEGY_TITLES,
@@ -133,23 +133,17 @@ class ImageBank:
 
 
 def make_refutations(sample: Sample, backgrounds: Sequence[Path], rng: np.random.Generator) -> list[Refutation]:
-    """Generate the refutations of one reviewed image: zoom in, zoom out, augmented copy, defect on OK background.
-
-    The zoom-in and background ones need a defect region, so an OK image (or a NOK one without mask) gets only
-    the zoom-out and the augmented copy.
-    """
+    """Generate the refutations of one reviewed sample, with a background drawn from ``backgrounds``."""
     pixels = load_rgb(sample.path)
     mask = load_mask(sample.mask_path, pixels.shape[:2])
-    key = str(sample.path)
-    refutations = [zoom_out(pixels, mask, sample.label, key), augment(pixels, mask, sample.label, key, rng)]
-    if sample.label == NOK and mask.any():
-        refutations.append(zoom_in(pixels, mask, sample.label, key))
-        if backgrounds:
-            background = backgrounds[int(rng.integers(len(backgrounds)))]
-            refutations.append(
-                place_on_background(pixels, mask, sample.label, key, load_rgb(background), str(background))
-            )
-    return refutations
+
+    def pick_background() -> tuple[np.ndarray, str]:
+        path = backgrounds[int(rng.integers(len(backgrounds)))]
+        return load_rgb(path), str(path)
+
+    return generate_refutations(
+        pixels, mask, sample.label, str(sample.path), rng, pick_background if backgrounds else None
+    )
 
 
 def _stratified_pick(samples: Sequence[Sample], count: int, rng: np.random.Generator) -> list[Sample]:

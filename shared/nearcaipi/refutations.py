@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,29 @@ def place_on_background(
         "background",
         {"background": background_name, "feather": feather},
     )
+
+
+def generate_refutations(
+    pixels: np.ndarray,
+    mask: np.ndarray,
+    label: int,
+    source: str,
+    rng: np.random.Generator,
+    pick_background: Callable[[], tuple[np.ndarray, str]] | None = None,
+) -> list[Refutation]:
+    """Generate the refutations of one reviewed image: zoom out, augmented copy, zoom in, defect on a background.
+
+    The zoom-in and the background refutation need a defect region, so an OK image (or a NOK one without a
+    marked region) gets only the zoom-out and the augmented copy. ``pick_background`` returns an image and its
+    name; it is called only when a background refutation is made, after the augmentation has drawn from ``rng``.
+    """
+    refutations = [zoom_out(pixels, mask, label, source), augment(pixels, mask, label, source, rng)]
+    if label == 1 and mask.any():
+        refutations.append(zoom_in(pixels, mask, label, source))
+        if pick_background is not None:
+            background_pixels, background_name = pick_background()
+            refutations.append(place_on_background(pixels, mask, label, source, background_pixels, background_name))
+    return refutations
 
 
 def _max_filter(size: int):

@@ -95,6 +95,21 @@ class SimilarityIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def extend(self, keys: Sequence[str], embeddings: np.ndarray, classes: Sequence[int]) -> None:
+        """Add images; only the new rows are normalised, so adding k images to N costs O(k x D) plus one copy."""
+        addition = SimilarityIndex(keys, embeddings, classes)
+        if any(key in self._position for key in addition.keys):
+            raise ValueError("keys of a similarity index must be unique")
+
+        offset = len(self.keys)
+        self.keys.extend(addition.keys)
+        self.classes = np.concatenate([self.classes, addition.classes])
+        self.unit = np.concatenate([self.unit, addition.unit]) if offset else addition.unit
+        self._position.update({key: offset + index for index, key in enumerate(addition.keys)})
+
+    def contains(self, key: str) -> bool:
+        return key in self._position
+
     def similarities(self, embedding: np.ndarray) -> np.ndarray:
         """Cosine similarity of one embedding (D,) to every indexed image. Returns (N,) float32 in [-1, 1]."""
         query = np.asarray(embedding, dtype=np.float32)

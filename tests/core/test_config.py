@@ -49,3 +49,14 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
 
     assert settings.home == tmp_path
     assert settings.broker_url == "redis://127.0.0.1:6379/3"
+
+
+def test_retrain_strategy_names_match_selection() -> None:
+    from typing import get_args
+
+    from nearcaipi.config import InferenceSettings
+    from nearcaipi.selection import STRATEGIES
+
+    allowed = get_args(InferenceSettings.model_fields["retrain_strategy"].annotation)
+
+    assert allowed == STRATEGIES

@@ -6,7 +6,7 @@ SQLite in the embedded mode, PostgreSQL in production; the URL decides.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     inspect,
     select,
     text,
@@ -42,6 +43,9 @@ EXPLANATION_QUEUED = "queued"
 EXPLANATION_RUNNING = "running"
 EXPLANATION_DONE = "done"
 EXPLANATION_FAILED = "failed"
+
+REVIEW_LABELS = ("OK", "NOK")
+EXPLANATION_VERDICTS = ("right", "wrong")
 
 MODEL_CANDIDATE = "candidate"
 MODEL_PROMOTED = "promoted"
@@ -93,6 +97,7 @@ class ImageRecord(Base):
     explanations: Mapped[list[ExplanationRecord]] = relationship(
         back_populates="image", order_by="ExplanationRecord.id"
     )
+    reviews: Mapped[list[ReviewRecord]] = relationship(back_populates="image", order_by="ReviewRecord.id")
 
 
 class PredictionRecord(Base):
@@ -140,6 +145,51 @@ class ExplanationRecord(Base):
     image: Mapped[ImageRecord] = relationship(back_populates="explanations")
 
 
+class ReviewRecord(Base):
+    """A reviewer's judgement of one image: the label, the explanation and the marked defect region.
+
+    The latest review of an image counts; earlier ones stay as history.
+    """
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
+    model_version: Mapped[int] = mapped_column(ForeignKey("model_versions.version"))
+    """The model version whose prediction the reviewer saw."""
+    predicted_label: Mapped[str] = mapped_column(String(8))
+    label: Mapped[str] = mapped_column(String(8))
+    explanation_verdict: Mapped[str | None] = mapped_column(String(8))
+    """right or wrong; None when the reviewer did not judge the explanation."""
+    defect_boxes: Mapped[list[list[int]]] = mapped_column(JSON, default=list)
+    """Defect regions as [left, top, right, bottom] pixel boxes of the original image, right and bottom exclusive."""
+    mask_key: Mapped[str | None] = mapped_column(String(256))
+    reviewer: Mapped[str | None] = mapped_column(String(64))
+    comment: Mapped[str | None] = mapped_column(Text)
+    training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
+    """The first training run that used this review."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now)
+
+    image: Mapped[ImageRecord] = relationship(back_populates="reviews")
+
+
+class RefutationRecord(Base):
+    """A training image generated from a reviewed image, with its lineage: source, review, generator, parameters."""
+
+    __tablename__ = "refutations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"))
+    """The review that gave the label and region; None for a near hit or miss that was not reviewed."""
+    training_run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id"), index=True)
+    generator: Mapped[str] = mapped_column(String(16))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    label: Mapped[str] = mapped_column(String(8))
+    object_key: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now)
+
+
 class ModelVersionRecord(Base):
     """A trained model; exactly one version is promoted (served) at a time."""
 
@@ -170,6 +220,10 @@ class TrainingRunRecord(Base):
     profile: Mapped[str] = mapped_column(String(16))
     data_dir: Mapped[str] = mapped_column(Text)
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    strategy: Mapped[str | None] = mapped_column(String(16))
+    """Selection strategy when the run learns from reviews; None trains from the data set alone."""
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What a run from reviews added: counts of reviewed images, near hits and misses, refutations."""
     model_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version"))
     error: Mapped[str | None] = mapped_column(Text)
     requested_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now)
@@ -181,6 +235,14 @@ class PendingExplanation:
     image_id: str
     model_version: int
     method: str
+
+
+@dataclass(frozen=True)
+class EmbeddedPrediction:
+    id: int
+    image_id: str
+    label: str
+    embedding: bytes
 
 
 def _enable_sqlite_concurrency(engine: Engine) -> None:
@@ -264,7 +326,7 @@ class RecordStore:
         with self.session() as session:
             image = session.get(ImageRecord, image_id)
             if image is not None:
-                _ = image.predictions, image.explanations
+                _ = image.predictions, image.explanations, image.reviews
             return image
 
     def list_images(self, limit: int, offset: int = 0, camera_id: str | None = None) -> list[ImageRecord]:
@@ -275,7 +337,7 @@ class RecordStore:
                 query = query.where(ImageRecord.camera_id == camera_id)
             images = list(session.scalars(query.limit(limit).offset(offset)))
             for image in images:
-                _ = image.predictions, image.explanations
+                _ = image.predictions, image.explanations, image.reviews
             return images
 
     # Explanations
@@ -392,3 +454,131 @@ class RecordStore:
     def update_training_run(self, run_id: int, **fields: Any) -> None:
         with self.session() as session:
             session.execute(update(TrainingRunRecord).where(TrainingRunRecord.id == run_id).values(**fields))
+
+    def list_training_runs(self, limit: int = 50) -> list[TrainingRunRecord]:
+        """Newest training runs first."""
+        with self.session() as session:
+            return list(session.scalars(select(TrainingRunRecord).order_by(TrainingRunRecord.id.desc()).limit(limit)))
+
+    def has_unfinished_training_run(self) -> bool:
+        with self.session() as session:
+            return (
+                session.scalar(
+                    select(func.count())
+                    .select_from(TrainingRunRecord)
+                    .where(TrainingRunRecord.status.in_(("queued", "running")))
+                )
+                > 0
+            )
+
+    # Predictions under later model versions
+
+    def add_prediction(self, prediction: PredictionRecord) -> bool:
+        """Store a prediction; returns False when the image already has one under that model version."""
+        try:
+            with self.session() as session:
+                session.add(prediction)
+        except IntegrityError:
+            return False
+        return True
+
+    def get_prediction(self, image_id: str, model_version: int) -> PredictionRecord | None:
+        with self.session() as session:
+            return session.scalar(
+                select(PredictionRecord).where(
+                    PredictionRecord.image_id == image_id, PredictionRecord.model_version == model_version
+                )
+            )
+
+    def images_without_prediction(self, model_version: int, limit: int) -> list[ImageRecord]:
+        """Images that have no prediction under ``model_version`` yet, oldest first."""
+        with self.session() as session:
+            predicted = select(PredictionRecord.image_id).where(PredictionRecord.model_version == model_version)
+            return list(
+                session.scalars(
+                    select(ImageRecord)
+                    .where(ImageRecord.id.not_in(predicted))
+                    .order_by(ImageRecord.received_at, ImageRecord.id)
+                    .limit(limit)
+                )
+            )
+
+    def embedded_predictions(self, model_version: int, after_id: int = 0) -> list[EmbeddedPrediction]:
+        """Predictions under ``model_version`` that carry an embedding, with ids above ``after_id``, in id order."""
+        with self.session() as session:
+            rows = session.execute(
+                select(
+                    PredictionRecord.id, PredictionRecord.image_id, PredictionRecord.label, PredictionRecord.embedding
+                )
+                .where(
+                    PredictionRecord.model_version == model_version,
+                    PredictionRecord.id > after_id,
+                    PredictionRecord.embedding.is_not(None),
+                )
+                .order_by(PredictionRecord.id)
+            )
+            return [EmbeddedPrediction(*row) for row in rows]
+
+    # Reviews
+
+    def add_review(self, review: ReviewRecord) -> ReviewRecord:
+        with self.session() as session:
+            session.add(review)
+            session.flush()
+            return review
+
+    def latest_reviews(self, image_ids: Iterable[str] | None = None) -> dict[str, ReviewRecord]:
+        """The latest review of each reviewed image (of ``image_ids`` when given), keyed by image id."""
+        with self.session() as session:
+            latest = select(func.max(ReviewRecord.id)).group_by(ReviewRecord.image_id)
+            query = select(ReviewRecord).where(ReviewRecord.id.in_(latest))
+            if image_ids is not None:
+                query = query.where(ReviewRecord.image_id.in_(list(image_ids)))
+            return {review.image_id: review for review in session.scalars(query)}
+
+    def count_reviews_not_trained(self) -> int:
+        """Reviews that no training run has used yet."""
+        with self.session() as session:
+            return session.scalar(
+                select(func.count()).select_from(ReviewRecord).where(ReviewRecord.training_run_id.is_(None))
+            )
+
+    def mark_reviews_trained(self, review_ids: Sequence[int], training_run_id: int) -> None:
+        with self.session() as session:
+            session.execute(
+                update(ReviewRecord)
+                .where(ReviewRecord.id.in_(list(review_ids)), ReviewRecord.training_run_id.is_(None))
+                .values(training_run_id=training_run_id)
+            )
+
+    def review_candidates(self, model_version: int, limit: int) -> list[tuple[str, float]]:
+        """Unreviewed images with a prediction under ``model_version``: (image id, p_nok), newest first."""
+        with self.session() as session:
+            reviewed = select(ReviewRecord.image_id)
+            rows = session.execute(
+                select(PredictionRecord.image_id, PredictionRecord.p_nok)
+                .where(PredictionRecord.model_version == model_version, PredictionRecord.image_id.not_in(reviewed))
+                .order_by(PredictionRecord.id.desc())
+                .limit(limit)
+            )
+            return [(image_id, p_nok) for image_id, p_nok in rows]
+
+    # Refutations
+
+    def add_refutations(self, refutations: Sequence[RefutationRecord]) -> None:
+        with self.session() as session:
+            session.add_all(refutations)
+
+    def refutations_of_run(self, training_run_id: int) -> list[RefutationRecord]:
+        with self.session() as session:
+            return list(
+                session.scalars(
+                    select(RefutationRecord)
+                    .where(RefutationRecord.training_run_id == training_run_id)
+                    .order_by(RefutationRecord.id)
+                )
+            )
+
+    def count_reviews(self) -> int:
+        with self.session() as session:
+            return session.scalar(select(func.count()).select_from(ReviewRecord))
