@@ -11,10 +11,13 @@ Two modes share one code path:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from nearcaipi.explanation import ExplanationParameters
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "magnetic-tiles"
@@ -92,6 +95,28 @@ class ExplanationSettings(BaseSettings):
     keep_probability: float = Field(default=0.5, gt=0.0, lt=1.0, description="Probability p that a cell is kept.")
     batch_size: int = Field(default=100, ge=1, description="Masked images per forward pass.")
     seed: int = 0
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Data type of the masked forward passes; auto picks float16 on a GPU, bfloat16 on a CPU "
+        "with native bfloat16, else float32.",
+    )
+    channels_last: bool = Field(default=True, description="Run the convolutions on NHWC tensors.")
+    target_agreement: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Adaptive mode: stop once the map is predicted to correlate this well with the full-N map.",
+    )
+    min_masks: int = Field(default=200, ge=2, description="Adaptive mode: masks drawn before stopping is considered.")
+
+    def parameters(self, device: str) -> ExplanationParameters:
+        """Explanation parameters for a worker on ``device``, with "auto" precision resolved."""
+        from nearcaipi.explanation import ExplanationParameters, resolve_precision
+        from nearcaipi.models import select_device
+
+        values = self.model_dump()
+        values["precision"] = resolve_precision(self.precision, select_device(device))
+        return ExplanationParameters(**values)
 
 
 class InferenceSettings(StackSettings):
@@ -119,6 +144,14 @@ class ExplainerSettings(StackSettings):
     device: str = Field(default="auto", description="auto (CUDA when visible, else CPU), cpu, cuda or cuda:N.")
     torch_threads: int = Field(default=0, ge=0, description="0 leaves PyTorch's default.")
     explanation: ExplanationSettings = Field(default_factory=ExplanationSettings)
+    batch_images: int = Field(
+        default=8, ge=1, description="Most images explained together when several are queued; 1 turns batching off."
+    )
+    claim_lease_seconds: float = Field(
+        default=900.0,
+        gt=0.0,
+        description="How long an explanation claimed by one worker is left to it before another may take it over.",
+    )
 
 
 class TrainerSettings(StackSettings):

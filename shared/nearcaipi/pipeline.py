@@ -12,12 +12,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
+
 from nearcaipi.data import CLASS_NAMES, NOK
-from nearcaipi.explanation import ExplanationParameters, Method, encode_map, explain, render_overlay
+from nearcaipi.explanation import Explanation, ExplanationParameters, Method, encode_map, explain_many, render_overlay
 from nearcaipi.imaging import decode_image
 from nearcaipi.models import Classifier, load_checkpoint, save_checkpoint, select_device
 from nearcaipi.storage.objects import ObjectStore
-from nearcaipi.storage.records import ModelVersionRecord, RecordStore
+from nearcaipi.storage.records import ExplanationRecord, ModelVersionRecord, RecordStore
 
 logger = logging.getLogger(__name__)
 
@@ -141,41 +143,89 @@ def run_explanation(
     objects: ObjectStore,
     models: ModelCache,
     parameters: ExplanationParameters,
-) -> ExplanationOutcome:
-    """Compute, store and record one explanation. Already done: nothing is recomputed.
+    batch_images: int = 1,
+    lease_seconds: float | None = None,
+) -> list[ExplanationOutcome]:
+    """Compute, store and record one explanation, and with ``batch_images`` > 1 up to that many in one batch.
 
-    Storing is idempotent: the map and overlay keys depend only on image, model version and method.
+    The companions are other queued explanations of the same model version and method, claimed from the
+    records. Their own queue messages later find them done and do nothing. Already done: nothing is
+    recomputed. Storing is idempotent: the map and overlay keys depend only on image, model version and method.
+
+    Raises:
+        ExplanationBusyError: another worker claimed this explanation less than ``lease_seconds`` ago.
     """
     image = records.get_image(image_id)
     if image is None:
         raise LookupError(f"image {image_id} does not exist")
-    claimed = records.claim_explanation(image_id, model_version, method)
+    claimed = records.claim_explanation(image_id, model_version, method, lease_seconds)
     if claimed is None:
         logger.info("Explanation of image %s (model version %d, %s) is already done", image_id, model_version, method)
-        return ExplanationOutcome(image_id, model_version, method, computed=False)
+        return [ExplanationOutcome(image_id, model_version, method, computed=False)]
+    jobs = [(image, claimed)]
+    for companion in records.claim_queued_explanations(model_version, method, batch_images - 1):
+        companion_image = records.get_image(companion.image_id)
+        if companion_image is not None:
+            jobs.append((companion_image, companion))
+
+    started = time.perf_counter()
+    decoded = []
+    for job_image, record in jobs:
+        try:
+            pixels = decode_image(
+                objects.get(job_image.object_key), max_pixels=job_image.width * job_image.height
+            ).pixels
+        except Exception as error:
+            records.fail_explanation(record.id, f"{type(error).__name__}: {error}")
+            if record is claimed:
+                raise
+            logger.error("Explanation of image %s failed while loading it: %s", job_image.id, error)
+            continue
+        decoded.append((job_image, record, pixels))
 
     try:
-        started = time.perf_counter()
-        pixels = decode_image(objects.get(image.object_key), max_pixels=image.width * image.height).pixels
-        explanation = explain(models.get(model_version), pixels, method, parameters)
-        seconds = time.perf_counter() - started
+        explanations = explain_many(models.get(model_version), [pixels for _, _, pixels in decoded], method, parameters)
+    except Exception as error:
+        for _, record, _ in decoded:
+            records.fail_explanation(record.id, f"{type(error).__name__}: {error}")
+        raise
+    seconds = (time.perf_counter() - started) / max(len(decoded), 1)
 
+    outcomes = []
+    for (job_image, record, pixels), explanation in zip(decoded, explanations, strict=True):
+        outcomes.append(_store_explanation(job_image.id, record, pixels, explanation, seconds, records, objects))
+    if len(decoded) > 1:
+        logger.info("Explained %d images of model version %d in one batch", len(decoded), model_version)
+    return outcomes
+
+
+def _store_explanation(
+    image_id: str,
+    record: ExplanationRecord,
+    pixels: np.ndarray,
+    explanation: Explanation,
+    seconds: float,
+    records: RecordStore,
+    objects: ObjectStore,
+) -> ExplanationOutcome:
+    explanation_id, model_version, method = record.id, record.model_version, record.method
+    try:
         map_key = saliency_key(image_id, model_version, method)
         picture_key = overlay_key(image_id, model_version, method)
         objects.put(map_key, encode_map(explanation.saliency))
         objects.put(picture_key, render_overlay(pixels, explanation.saliency, explanation.flat), "image/png")
     except Exception as error:
-        records.fail_explanation(claimed.id, f"{type(error).__name__}: {error}")
+        records.fail_explanation(explanation_id, f"{type(error).__name__}: {error}")
         raise
 
     records.finish_explanation(
-        claimed.id,
+        explanation_id,
         saliency_key=map_key,
         overlay_key=picture_key,
         target_class=explanation.target_class,
         flat=explanation.flat,
-        masks=parameters.masks,
-        seed=parameters.seed,
+        masks=explanation.masks_used,
+        seed=explanation.parameters.seed,
         seconds=seconds,
     )
     logger.info(
@@ -184,7 +234,7 @@ def run_explanation(
         method,
         model_version,
         seconds,
-        parameters.masks,
+        explanation.masks_used,
         ", flat map" if explanation.flat else "",
     )
     return ExplanationOutcome(image_id, model_version, method, computed=True, seconds=seconds)

@@ -112,3 +112,36 @@ def test_trainer_worker_publishes_and_api_serves_new_version(
     finally:
         for service in stack.services:
             service.stop()
+
+
+def test_deep_queue_is_explained_in_batches(
+    api_only_stack: RunningStack, sample_images: list[Path], tmp_path: Path
+) -> None:
+    stack = api_only_stack
+    image_ids = []
+    for index in range(6):
+        path = sample_images[index % len(sample_images)]
+        response = httpx.post(f"{stack.api_url}/v1/images", files={"file": path.open("rb")})
+        assert response.status_code == 201
+        image_ids.append(response.json()["image_id"])
+
+    environment = {**stack.environment, "NEARCAIPI_BATCH_IMAGES": "4"}
+    worker = ServiceProcess.start(
+        "explainer", worker_command("services.explainer.worker", "explain"), environment, tmp_path
+    )
+    stack.services.append(worker)
+
+    deadline = time.monotonic() + 180
+    while any(explanation_status(stack, image_id) != EXPLANATION_DONE for image_id in image_ids):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the queued explanations were not all done\n{stack.logs()}")
+        time.sleep(0.5)
+
+    log = worker.log_path.read_text(errors="replace")
+    # Six queued images with batches of at most four: one batch of four, then the last two together.
+    assert "Explained 4 images of model version" in log
+    assert "Explained 2 images of model version" in log
+    assert log.count("is already done") == 4
+    for image_id in image_ids:
+        overlay = httpx.get(f"{stack.api_url}/v1/images/{image_id}/saliency.png")
+        assert overlay.status_code == 200

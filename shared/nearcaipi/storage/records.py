@@ -230,6 +230,15 @@ class TrainingRunRecord(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
+class ExplanationBusyError(RuntimeError):
+    """Another worker claimed this explanation recently; it may try again after ``retry_in`` seconds."""
+
+    def __init__(self, explanation_id: int, retry_in: float) -> None:
+        super().__init__(f"explanation {explanation_id} is running elsewhere; its claim expires in {retry_in:.0f} s")
+        self.explanation_id = explanation_id
+        self.retry_in = retry_in
+
+
 @dataclass(frozen=True)
 class PendingExplanation:
     image_id: str
@@ -342,10 +351,16 @@ class RecordStore:
 
     # Explanations
 
-    def claim_explanation(self, image_id: str, model_version: int, method: str) -> ExplanationRecord | None:
+    def claim_explanation(
+        self, image_id: str, model_version: int, method: str, lease_seconds: float | None = None
+    ) -> ExplanationRecord | None:
         """Mark an explanation as running; returns None when it is already done, so repeats do no work.
 
-        An explanation with no record yet (asked for directly, not by ingest) gets one.
+        An explanation with no record yet (asked for directly, not by ingest) gets one. With ``lease_seconds``,
+        an explanation that another worker claimed less than that long ago is left to it.
+
+        Raises:
+            ExplanationBusyError: the explanation is running under a claim younger than the lease.
         """
         with self.session() as session:
             record = session.scalar(
@@ -360,11 +375,53 @@ class RecordStore:
                 session.add(record)
             elif record.status == EXPLANATION_DONE:
                 return None
+            elif record.status == EXPLANATION_RUNNING and lease_seconds is not None:
+                age = (_now() - record.updated_at).total_seconds()
+                if age < lease_seconds:
+                    raise ExplanationBusyError(record.id, lease_seconds - age)
             record.status = EXPLANATION_RUNNING
             record.attempts = (record.attempts or 0) + 1
             record.error = None
+            record.updated_at = _now()
             session.flush()
             return record
+
+    def claim_queued_explanations(self, model_version: int, method: str, limit: int) -> list[ExplanationRecord]:
+        """Claim up to ``limit`` queued explanations of one model version and method, oldest first.
+
+        Each is claimed by a conditional update, so two workers never claim the same one.
+        """
+        if limit < 1:
+            return []
+        with self.session() as session:
+            candidates = list(
+                session.scalars(
+                    select(ExplanationRecord.id)
+                    .where(
+                        ExplanationRecord.model_version == model_version,
+                        ExplanationRecord.method == method,
+                        ExplanationRecord.status == EXPLANATION_QUEUED,
+                    )
+                    .order_by(ExplanationRecord.id)
+                    .limit(limit)
+                )
+            )
+        claimed: list[ExplanationRecord] = []
+        for explanation_id in candidates:
+            with self.session() as session:
+                result = session.execute(
+                    update(ExplanationRecord)
+                    .where(ExplanationRecord.id == explanation_id, ExplanationRecord.status == EXPLANATION_QUEUED)
+                    .values(
+                        status=EXPLANATION_RUNNING,
+                        attempts=ExplanationRecord.attempts + 1,
+                        error=None,
+                        updated_at=_now(),
+                    )
+                )
+                if result.rowcount == 1:
+                    claimed.append(session.get(ExplanationRecord, explanation_id))
+        return claimed
 
     def finish_explanation(self, explanation_id: int, **fields: Any) -> None:
         with self.session() as session:
