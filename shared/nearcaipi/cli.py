@@ -17,7 +17,16 @@ import numpy as np
 
 from nearcaipi.config import StackSettings, TrainerSettings
 from nearcaipi.data import DatasetError, resolve_data_dir, restore_splits
-from nearcaipi.explanation import METHODS, ExplanationParameters, encode_map, explain, render_overlay
+from nearcaipi.evaluation import EVALUATION_METHODS
+from nearcaipi.explanation import (
+    METHODS,
+    PRECISIONS,
+    ExplanationParameters,
+    encode_map,
+    explain,
+    render_overlay,
+    resolve_precision,
+)
 from nearcaipi.imaging import IDENTIFIER_PATTERN, InvalidImageError, read_image_file
 from nearcaipi.logs import configure_logging
 from nearcaipi.models import BACKBONES, Classifier, load_checkpoint, save_checkpoint
@@ -57,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     explain_command.add_argument("--batch-size", type=int, default=100, help="Masked images per forward pass.")
     explain_command.add_argument("--seed", type=int, default=0)
     explain_command.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="Data type of the masked forward passes (default auto: bfloat16 on CPUs with native support).",
+    )
+    explain_command.add_argument(
+        "--nchw", action="store_true", help="Keep the NCHW memory layout instead of channels-last."
+    )
+    explain_command.add_argument(
+        "--adaptive",
+        type=float,
+        metavar="AGREEMENT",
+        help="Stop drawing masks once the map is predicted to correlate this well with the full-N map (e.g. 0.98).",
+    )
+    explain_command.add_argument(
         "--output", type=Path, help="Overlay PNG (default: var/explanations/<image>.<method>.png)."
     )
     explain_command.add_argument("--map", type=Path, help="Also write the raw map as .npy (H x W float32).")
@@ -73,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18")
     retrain.add_argument("--profile", choices=sorted(TRAINING_PROFILES), default="quick")
     retrain.add_argument("--seed", type=int, default=0, help="Seed of the splits and of training.")
+    retrain.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help="Fine-tune the promoted version on the data set plus the reviews, with this selection strategy "
+        "(default: train a new model from the data set alone).",
+    )
 
     experiment = commands.add_parser(
         "experiment", help="Compare selection strategies with a simulated reviewer (resumable)."
@@ -94,6 +124,58 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument(
         "--backgrounds", type=Path, help="Images to place defects on, such as NEU textures (default: OK images)."
     )
+    experiment.add_argument(
+        "--init-weights",
+        type=Path,
+        help="Backbone weights to start every run from, written by nearcaipi pretrain (default: from scratch).",
+    )
+
+    evaluation = commands.add_parser(
+        "evaluate-explanations",
+        help="Judge RISE, InvRISE and Grad-CAM maps against the defect masks of NOK test images.",
+    )
+    evaluation.add_argument(
+        "--data", type=Path, help="Folder data set with defect masks (default: the sample magnetic tiles)."
+    )
+    evaluation.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        required=True,
+        help="Checkpoint file to evaluate; repeat for several models. Each is scored on the test split it recorded.",
+    )
+    evaluation.add_argument(
+        "--methods",
+        nargs="+",
+        choices=EVALUATION_METHODS,
+        default=list(EVALUATION_METHODS),
+        help="Explanation methods (default: all of them).",
+    )
+    evaluation.add_argument(
+        "--masks", type=int, default=1000, help="Random masks N of RISE and InvRISE (default 1000)."
+    )
+    evaluation.add_argument(
+        "--steps", type=int, default=32, help="Deletion and insertion steps from 0 to all pixels (default 32)."
+    )
+    evaluation.add_argument(
+        "--limit", type=int, help="Defective test images per model, chosen by --seed (default: all of them)."
+    )
+    evaluation.add_argument(
+        "--seed", type=int, default=0, help="Seed of the masks and of the image choice (default 0)."
+    )
+    evaluation.add_argument(
+        "--examples", type=int, default=4, help="Images shown in examples.png (default 4, 0 for none)."
+    )
+    evaluation.add_argument("--batch-size", type=int, default=100, help="Images per forward pass (default 100).")
+    evaluation.add_argument(
+        "--device", default="auto", help="auto (the first CUDA GPU when visible, else the CPU), cpu or cuda:N."
+    )
+    evaluation.add_argument(
+        "--output",
+        type=Path,
+        default=Path("explanation-evaluation"),
+        help="Folder for results.csv, table.md and examples.png (default: explanation-evaluation).",
+    )
 
     similarity = commands.add_parser(
         "benchmark-similarity", help="Measure near hit/miss queries and index rebuilds at plant scale."
@@ -107,6 +189,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     similarity.add_argument("--dimensions", type=int, default=512, help="Embedding length (512 for ResNet-18).")
     similarity.add_argument("--image-size", type=int, default=128, help="Model input side for the embedding cost.")
+
+    pretrain = commands.add_parser(
+        "pretrain", help="Learn backbone weights on a texture data set, for use without ImageNet weights."
+    )
+    pretrain.add_argument("--data", type=Path, required=True, help="Texture images, e.g. NEU surface defects.")
+    pretrain.add_argument("--output", type=Path, required=True, help="File for the backbone weights.")
+    pretrain.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18")
+    pretrain.add_argument("--image-size", type=int, default=64, help="Input side in pixels (default 64).")
+    pretrain.add_argument("--epochs", type=int, default=15, help="Training epochs (default 15).")
+    pretrain.add_argument("--seed", type=int, default=0)
+
+    speed = commands.add_parser(
+        "benchmark-explanation",
+        help="Time InvRISE and RISE against the float32 floor; measure fidelity and the adaptive mode.",
+    )
+    speed.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18")
+    speed.add_argument("--image-size", type=int, default=224, help="Model input side for the timing (default 224).")
+    speed.add_argument("--masks", type=int, default=1000, help="Number of masks N (default 1000).")
+    speed.add_argument("--batch-size", type=int, default=100, help="Masked images per forward pass (default 100).")
+    speed.add_argument("--repeats", type=int, default=3, help="Timed runs per configuration; the median counts.")
+    speed.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="Precision of the fastest configuration (default auto).",
+    )
+    speed.add_argument("--nchw", action="store_true", help="Keep NCHW in the fastest configuration.")
+    speed.add_argument(
+        "--checkpoint", type=Path, help="Trained checkpoint for fidelity and the adaptive mode (skipped without)."
+    )
+    speed.add_argument("--data", type=Path, help="Folder data set (default: the sample magnetic tiles).")
+    speed.add_argument("--images", type=int, default=5, help="Defective test images for fidelity and adaptive mode.")
+    speed.add_argument(
+        "--adaptive", type=float, default=0.98, help="Target agreement of the adaptive mode (default 0.98)."
+    )
+    speed.add_argument(
+        "--skip-float32-methods", action="store_true", help="Do not time InvRISE and RISE in float32 NCHW."
+    )
+    speed.add_argument(
+        "--queue-depths",
+        nargs="*",
+        type=int,
+        default=[1, 8],
+        help="Images explained together in the throughput test (default 1 8; none skips it).",
+    )
+    speed.add_argument(
+        "--output",
+        type=Path,
+        default=Path("explanation-benchmark"),
+        help="Folder for report.md, CSV files and trade_off.png (default: explanation-benchmark).",
+    )
 
     camera = commands.add_parser("camera", help="Post images to the API like a line camera.")
     camera.add_argument("paths", nargs="*", type=Path, help="Image files or folders.")
@@ -140,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         "up": _up,
         "retrain": _retrain,
         "experiment": _experiment,
+        "evaluate-explanations": _evaluate_explanations,
         "benchmark-similarity": _benchmark_similarity,
+        "benchmark-explanation": _benchmark_explanation,
+        "pretrain": _pretrain,
         "camera": _camera,
     }
     try:
@@ -228,9 +364,141 @@ def _experiment(arguments: argparse.Namespace) -> int:
         retrain_epochs=_positive(arguments.retrain_epochs, "--retrain-epochs"),
         batch_size=_positive(arguments.batch_size, "--batch-size"),
         backgrounds_dir=arguments.backgrounds,
+        init_weights=arguments.init_weights,
     )
+    if config.init_weights is not None and not config.init_weights.is_file():
+        raise ValueError(f"--init-weights {config.init_weights} is not a file; write one with nearcaipi pretrain")
     results = run_experiment(config)
     print(f"results in {results}, table in {config.output_dir / 'table.md'}, plot in {config.output_dir / 'mcc.png'}")
+    return 0
+
+
+def _evaluate_explanations(arguments: argparse.Namespace) -> int:
+    from nearcaipi.evaluation import EvaluationConfig, run_evaluation
+
+    settings = TrainerSettings()
+    config = EvaluationConfig(
+        data_dir=resolve_data_dir(arguments.data or settings.data_dir, settings.home / "datasets"),
+        checkpoints=arguments.checkpoint,
+        output_dir=arguments.output,
+        methods=arguments.methods,
+        masks=_positive(arguments.masks, "--masks"),
+        steps=_positive(arguments.steps, "--steps"),
+        limit=None if arguments.limit is None else _positive(arguments.limit, "--limit"),
+        seed=arguments.seed,
+        examples=arguments.examples,
+        batch_size=_positive(arguments.batch_size, "--batch-size"),
+        device=arguments.device,
+    )
+    started = time.perf_counter()
+    report = run_evaluation(config)
+    seconds = time.perf_counter() - started
+
+    for model in report.models:
+        print(
+            f"{model.label}: test accuracy {model.test_accuracy:.3f}, {model.defective_images} defective images "
+            f"explained in {model.seconds:.0f} s ({model.seconds / model.defective_images:.1f} s per image)"
+        )
+    print(f"{len(report.rows)} rows in {report.results}, table in {report.table}, examples in {report.figure}")
+    print(f"finished in {seconds:.0f} s")
+    return 0
+
+
+def _pretrain(arguments: argparse.Namespace) -> int:
+    from nearcaipi.pretraining import describe, pretrain_backbone
+
+    report = pretrain_backbone(
+        arguments.data,
+        arguments.output,
+        backbone=arguments.backbone,
+        input_size=_positive(arguments.image_size, "--image-size"),
+        epochs=_positive(arguments.epochs, "--epochs"),
+        seed=arguments.seed,
+    )
+    print(f"pretrained {arguments.backbone}: {describe(report)}\nweights written to {arguments.output}")
+    return 0
+
+
+def _benchmark_explanation(arguments: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from nearcaipi.data import NOK, discover_samples, load_rgb, split_samples
+    from nearcaipi.explanation_benchmark import (
+        BenchmarkReport,
+        measure_adaptive,
+        measure_fidelity,
+        measure_throughput,
+        time_explanations,
+        write_report,
+    )
+
+    settings = TrainerSettings()
+    data_dir = resolve_data_dir(arguments.data or settings.data_dir, settings.home / "datasets")
+    samples = split_samples(discover_samples(data_dir), seed=0)["test"]
+    defective = [sample for sample in samples if sample.label == NOK][: _positive(arguments.images, "--images")]
+    if not defective:
+        raise DatasetError(f"the test split of {data_dir} has no defective image")
+    images = [(sample.path.name, load_rgb(sample.path)) for sample in defective]
+
+    device = torch.device("cpu")
+    fast = ExplanationParameters(
+        masks=_positive(arguments.masks, "--masks"),
+        batch_size=_positive(arguments.batch_size, "--batch-size"),
+        precision=resolve_precision(arguments.precision, device),
+        channels_last=not arguments.nchw,
+        target_agreement=arguments.adaptive,
+    )
+    report = BenchmarkReport(
+        settings={
+            "command": "nearcaipi " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}",
+            "backbone": arguments.backbone,
+            "timing input": f"{arguments.image_size} x {arguments.image_size}, image {images[0][0]}",
+            "masks": fast.masks,
+            "batch": fast.batch_size,
+            "fastest configuration": f"{fast.precision}, {'channels-last' if fast.channels_last else 'NCHW'}",
+            "adaptive target": fast.target_agreement,
+        }
+    )
+    time_explanations(
+        arguments.backbone,
+        _positive(arguments.image_size, "--image-size"),
+        images[0][1],
+        fast,
+        _positive(arguments.repeats, "--repeats"),
+        report,
+        include_float32_methods=not arguments.skip_float32_methods,
+    )
+    if arguments.queue_depths:
+        depths = [_positive(depth, "--queue-depths") for depth in arguments.queue_depths]
+        batch_images = [pixels for _, pixels in images] * (-(-max(depths) // len(images)))
+        measure_throughput(
+            arguments.backbone,
+            arguments.image_size,
+            batch_images[: max(depths)],
+            dataclasses.replace(fast, target_agreement=None),
+            depths,
+            report,
+        )
+
+    if arguments.checkpoint:
+        classifier = load_checkpoint(arguments.checkpoint.read_bytes())
+        report.settings["checkpoint"] = f"{arguments.checkpoint.name} ({classifier.card.backbone}, "
+        report.settings["checkpoint"] += f"{classifier.input_size} px)"
+        fixed = dataclasses.replace(fast, target_agreement=None)
+        configurations = {
+            f"{fast.precision} {'channels-last' if fast.channels_last else 'NCHW'}": fixed,
+            "float32 channels-last": dataclasses.replace(fixed, precision="float32", channels_last=True),
+        }
+        measure_fidelity(classifier, images, configurations, report)
+        measure_adaptive(classifier, images, fast, report)
+
+    write_report(report, arguments.output)
+    print(report.markdown())
+    print(f"report written to {arguments.output / 'report.md'}")
     return 0
 
 
@@ -294,10 +562,14 @@ def _retrain(arguments: argparse.Namespace) -> int:
             profile=arguments.profile,
             data_dir=str(data_dir.resolve()),
             seed=arguments.seed,
+            strategy=arguments.strategy,
         )
     )
     create_celery_app(settings, "nearcaipi-cli").send_task(TRAIN_TASK, args=[run_id])
-    print(f"training run {run_id} queued ({arguments.backbone}, {arguments.profile} profile, data {data_dir})")
+    learning = f", learning from reviews with {arguments.strategy}" if arguments.strategy else ""
+    print(
+        f"training run {run_id} queued ({arguments.backbone}, {arguments.profile} profile, data {data_dir}{learning})"
+    )
     return 0
 
 
@@ -321,7 +593,13 @@ def _explain(arguments: argparse.Namespace) -> int:
     classifier = _load_classifier(arguments.checkpoint)
     image = read_image_file(arguments.image).pixels
     parameters = ExplanationParameters(
-        masks=arguments.masks, cells=arguments.cells, batch_size=arguments.batch_size, seed=arguments.seed
+        masks=arguments.masks,
+        cells=arguments.cells,
+        batch_size=arguments.batch_size,
+        seed=arguments.seed,
+        precision=resolve_precision(arguments.precision, classifier.device),
+        channels_last=not arguments.nchw,
+        target_agreement=arguments.adaptive,
     )
 
     started = time.perf_counter()
@@ -342,7 +620,7 @@ def _explain(arguments: argparse.Namespace) -> int:
         f"class {classifier.card.class_names[explanation.target_class]} "
         f"(p {explanation.target_probability:.3f}), peak at row {peak[0]} column {peak[1]}"
         f"{', flat: the masks did not change the prediction' if explanation.flat else ''}, "
-        f"{seconds:.1f} s for {parameters.masks} masks\noverlay written to {output}"
+        f"{seconds:.1f} s for {explanation.masks_used} masks ({parameters.precision})\noverlay written to {output}"
     )
     return 0
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from nearcaipi.data import IMAGE_SUFFIXES, NOK, Sample, discover_samples, load_mask, load_rgb, split_samples
 from nearcaipi.metrics import classification_metrics
 from nearcaipi.models import Classifier, ModelCard, build_network, select_device
+from nearcaipi.pretraining import load_backbone_weights
 from nearcaipi.refutations import Refutation, generate_refutations
 from nearcaipi.selection import (
     STRATEGIES,
@@ -80,6 +81,8 @@ class ExperimentConfig:
     device: str = "auto"
     backgrounds_dir: Path | None = None
     """Images to place defects on (for example NEU surface textures); None uses the OK training images."""
+    init_weights: Path | None = None
+    """Backbone weights to start each run from (see ``nearcaipi pretrain``); None starts from scratch."""
 
     def __post_init__(self) -> None:
         for strategy in self.strategies:
@@ -183,6 +186,8 @@ def run_strategy(
     test_images, test_labels = bank.tensor(test), bank.labels(test)
 
     network, _ = build_network(config.backbone, pretrained=False)
+    if config.init_weights is not None:
+        load_backbone_weights(network, config.init_weights)
     card = ModelCard(backbone=config.backbone, input_size=config.input_size)
     classifier = Classifier(network, card, select_device(config.device))
 

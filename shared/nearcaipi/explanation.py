@@ -268,7 +268,7 @@ def compute_saliency_batch(
 ) -> list[SaliencyResult]:
     """Compute the maps of several images at once; each gets the map it would get alone.
 
-    All images share the same N masks and move through them in step, so one forward batch holds masked copies
+    All images share the same N masks and move through them in step, so one forward batch contains masked copies
     of every image still running. A batch keeps about ``parameters.batch_size`` masked images: with k images
     running, each chunk draws batch_size / k masks. In the adaptive mode an image that has converged leaves
     the batch, and the others get its share.
@@ -396,7 +396,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 
 def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU computes in bfloat16 natively; elsewhere oneDNN emulates it, slower than float32."""
+    """Return whether this CPU computes in bfloat16 natively; elsewhere oneDNN emulates it, slower than float32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

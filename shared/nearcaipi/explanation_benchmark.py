@@ -32,6 +32,7 @@ from nearcaipi.explanation import (
     ExplanationParameters,
     compute_saliency,
     explain,
+    explain_many,
     make_score_function,
     pearson,
 )
@@ -93,6 +94,7 @@ class BenchmarkReport:
     fidelity: list[dict[str, object]] = field(default_factory=list)
     adaptive: list[dict[str, object]] = field(default_factory=list)
     trade_off: list[dict[str, object]] = field(default_factory=list)
+    throughput: list[dict[str, object]] = field(default_factory=list)
 
     def ratio(self, numerator: str, denominator: str) -> float:
         return self.timings[numerator].median / self.timings[denominator].median
@@ -114,6 +116,12 @@ class BenchmarkReport:
                 lines.append(
                     f"- {method} float32 NCHW: {self.ratio(f'{method}_float32', 'floor_float32'):.3f} of its floor"
                 )
+        if self.throughput:
+            lines += ["", "| queue depth | images | seconds | explanations per minute |", "| --- | --- | --- | --- |"]
+            lines += [
+                f"| {row['depth']} | {row['images']} | {row['seconds']:.1f} | {row['per_minute']:.1f} |"
+                for row in self.throughput
+            ]
         if self.fidelity:
             lines += ["", "| image | configuration | Pearson with float32 NCHW |", "| --- | --- | --- |"]
             lines += [f"| {row['image']} | {row['configuration']} | {row['pearson']:.4f} |" for row in self.fidelity]
@@ -196,6 +204,31 @@ def time_explanations(
         )
 
 
+def measure_throughput(
+    backbone: str,
+    input_size: int,
+    images: Sequence[np.ndarray],
+    parameters: ExplanationParameters,
+    depths: Sequence[int],
+    report: BenchmarkReport,
+) -> None:
+    """Explanations per minute when the worker takes ``depth`` queued images at a time.
+
+    Only the computation counts (load, masks, forward passes, upsampling), not the queue or storage.
+    """
+    classifier = _untrained_classifier(backbone, input_size)
+    explain_many(classifier, list(images[:1]), "invrise", replace(parameters, masks=parameters.batch_size))
+    for depth in depths:
+        started = time.perf_counter()
+        for start in range(0, len(images), depth):
+            explain_many(classifier, list(images[start : start + depth]), "invrise", parameters)
+        seconds = time.perf_counter() - started
+        report.throughput.append(
+            {"depth": depth, "images": len(images), "seconds": seconds, "per_minute": 60.0 * len(images) / seconds}
+        )
+        logger.info("Queue depth %d: %d explanations in %.1f s", depth, len(images), seconds)
+
+
 def measure_fidelity(
     classifier: Classifier,
     images: Sequence[tuple[str, np.ndarray]],
@@ -271,7 +304,13 @@ def write_report(report: BenchmarkReport, output_dir: Path) -> None:
         for key, timing in report.timings.items():
             runs = " ".join(f"{value:.3f}" for value in timing.seconds)
             writer.writerow([key, timing.name, f"{timing.median:.3f}", runs, timing.peak_bytes])
-    for name, rows in (("fidelity", report.fidelity), ("adaptive", report.adaptive), ("trade_off", report.trade_off)):
+    tables = (
+        ("fidelity", report.fidelity),
+        ("adaptive", report.adaptive),
+        ("trade_off", report.trade_off),
+        ("throughput", report.throughput),
+    )
+    for name, rows in tables:
         if rows:
             with (output_dir / f"{name}.csv").open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

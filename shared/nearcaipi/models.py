@@ -106,11 +106,12 @@ def build_network(backbone_name: str, pretrained: bool = True) -> tuple[nn.Modul
                 Path(backbone.weights.url).name,
             )
 
-    _replace_head(network, len(CLASS_NAMES))
+    replace_head(network, len(CLASS_NAMES))
     return network, loaded
 
 
-def _replace_head(network: nn.Module, classes: int) -> None:
+def replace_head(network: nn.Module, classes: int) -> None:
+    """Replace the network's last layer with a fresh one of ``classes`` outputs."""
     if isinstance(network, torchvision.models.ResNet):
         network.fc = nn.Linear(network.fc.in_features, classes)
     else:
