@@ -266,3 +266,34 @@ def test_training_run_learns_from_reviews(learning_stack: RunningStack, tile_pat
     assert rolled_back.status_code == 200
     assert httpx.get(f"{api}/healthz").json()["model_version"] == stack.model_version
     assert httpx.post(f"{api}/v1/models/999/promote").status_code == 404
+
+
+def test_training_run_queued_after_enough_reviews(
+    tiny_classifier: Classifier, tile_paths: list[Path], tmp_path: Path
+) -> None:
+    environment = {
+        "NEARCAIPI_MODE": "embedded",
+        "NEARCAIPI_HOME": str(tmp_path / "home"),
+        "NEARCAIPI_RETRAIN_AFTER_REVIEWS": "2",
+        "NEARCAIPI_RETRAIN_STRATEGY": "caipi",
+        **EXPLANATION_ENVIRONMENT,
+    }
+    stack = start_stack(environment, tiny_classifier, tmp_path, workers=())
+    try:
+        inspections = post_images(stack, tile_paths[:3])
+
+        assert post_review(stack, inspections[0]["image_id"], {"label": "OK"}).status_code == 201
+        assert httpx.get(f"{stack.api_url}/v1/training-runs").json() == []
+
+        assert post_review(stack, inspections[1]["image_id"], {"label": "NOK"}).status_code == 201
+        runs = httpx.get(f"{stack.api_url}/v1/training-runs").json()
+        assert len(runs) == 1
+        assert runs[0]["strategy"] == "caipi"
+        assert runs[0]["status"] == "queued"
+
+        # A run is still queued (no trainer runs here), so a further review queues no second one.
+        assert post_review(stack, inspections[2]["image_id"], {"label": "OK"}).status_code == 201
+        assert len(httpx.get(f"{stack.api_url}/v1/training-runs").json()) == 1
+    finally:
+        for service in stack.services:
+            service.stop()
