@@ -46,7 +46,7 @@ FLAT_SCORE_SPREAD = 1e-6
 
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
-# Adaptive mode: four mask groups give three split-half estimates, whose mean is steadier than one. A single
+# Adaptive mode: four mask groups give three split-half estimates, and the lowest one counts. A single
 # estimate above the target can be luck, so the rule must hold at this many consecutive chunks.
 ADAPTIVE_GROUPS = 4
 ADAPTIVE_CONFIRMATIONS = 3
@@ -204,19 +204,19 @@ def pearson(first: torch.Tensor, second: torch.Tensor) -> float:
 
 
 def predicted_agreement(half_correlation: float, masks_drawn: int, masks_total: int) -> float:
-    """Predict the Pearson correlation of the current map with the map of ``masks_total`` masks.
+    """Predict the Pearson correlation of the map of the first n masks with the map of all N masks.
 
     The two halves of the masks drawn so far give independent maps. Their correlation r is the split-half
     reliability, and the Spearman-Brown formula turns it into the reliability of the whole draw,
-    R_n = 2 r / (1 + r), and of k = N / n times as many masks, R_N = k R_n / (1 + (k - 1) R_n). Two noisy
-    estimates of the same map correlate as sqrt(R_n R_N).
+    R_n = 2 r / (1 + r), and of k = N / n times as many masks, R_N = k R_n / (1 + (k - 1) R_n). The full map
+    contains the first n masks, so the two maps share that noise and correlate as sqrt(R_n / R_N), which is
+    sqrt((1 + (k - 1) R_n) / k). A half correlation of zero or less (or NaN) shows no signal yet and gives 0.
     """
     if math.isnan(half_correlation) or half_correlation <= 0.0:
         return 0.0
     reliability = 2.0 * half_correlation / (1.0 + half_correlation)
     factor = masks_total / masks_drawn
-    reliability_total = factor * reliability / (1.0 + (factor - 1.0) * reliability)
-    return math.sqrt(reliability * reliability_total)
+    return math.sqrt((1.0 + (factor - 1.0) * reliability) / factor)
 
 
 def compute_saliency(
@@ -353,13 +353,16 @@ def _combine(groups: list[_Accumulator]) -> _Accumulator:
 
 
 def _split_half_correlation(groups: list[_Accumulator], parameters: ExplanationParameters) -> float:
-    """Mean correlation between the two halves of the three ways to pair four mask groups."""
+    """Lowest correlation between the two halves of the three ways to pair four mask groups.
+
+    The lowest rather than the mean keeps the stopping rule on the safe side of its noisy estimate.
+    """
     correlations = []
     for first, second in (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2))):
         half_a = _combine([groups[first[0]], groups[first[1]]]).saliency(parameters.keep_probability)
         half_b = _combine([groups[second[0]], groups[second[1]]]).saliency(parameters.keep_probability)
         correlations.append(pearson(half_a, half_b))
-    return float(np.mean(correlations))
+    return float(np.min(correlations))
 
 
 def saliency_at_input(

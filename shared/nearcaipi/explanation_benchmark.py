@@ -333,7 +333,6 @@ def _plot_trade_off(report: BenchmarkReport, path: Path) -> None:
         axes.plot([row["masks"] for row in rows], [row["pearson_reference"] for row in rows], alpha=0.6)
     for row in report.adaptive:
         axes.scatter(row["masks_used"], row["pearson_reference"], color="black", zorder=3, s=18)
-    axes.axhline(0.98, color="grey", linestyle="--", linewidth=1)
     axes.set_xlabel("masks drawn (forward passes)")
     axes.set_ylabel(f"Pearson with the N = {REFERENCE_MASKS} map")
     axes.set_title("InvRISE convergence; dots: where the adaptive mode stopped")

@@ -33,12 +33,11 @@ def test_agreement_without_correlation_is_zero() -> None:
 
 
 def test_agreement_follows_spearman_brown() -> None:
-    # r = 0.96 over all N masks: the reliability of the draw is 2 r / (1 + r), and the map agrees with itself.
-    assert predicted_agreement(0.96, 1000, 1000) == pytest.approx(2 * 0.96 / 1.96)
-    # A quarter of the masks drawn: R_n = 0.9, R_N = 4 * 0.9 / (1 + 3 * 0.9).
+    # All N masks drawn: the map is the full map, whatever the halves say.
+    assert predicted_agreement(0.5, 1000, 1000) == pytest.approx(1.0)
+    # A quarter drawn with R_n = 0.9: R_N = 4 * 0.9 / (1 + 3 * 0.9), and sqrt(R_n / R_N) = sqrt(3.7 / 4).
     r_half = 0.9 / (2 - 0.9)
-    expected = math.sqrt(0.9 * (3.6 / 3.7))
-    assert predicted_agreement(r_half, 250, 1000) == pytest.approx(expected)
+    assert predicted_agreement(r_half, 250, 1000) == pytest.approx(math.sqrt(3.7 / 4))
 
 
 def test_pearson_of_constant_map_is_nan() -> None:
