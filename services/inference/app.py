@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from nearcaipi.imaging import IDENTIFIER_PATTERN, InvalidImageError, decode_imag
 from nearcaipi.learning import defect_mask, encode_mask
 from nearcaipi.logs import configure_logging
 from nearcaipi.pipeline import ModelCache, ServedModel, label_of
-from nearcaipi.pool import PoolIndex
+from nearcaipi.pool import PoolIndex, embed_pool
 from nearcaipi.queue import EXPLAIN_TASK, TRAIN_TASK, create_celery_app
 from nearcaipi.selection import choose_for_review
 from nearcaipi.similarity import embed
@@ -93,12 +94,39 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     celery = create_celery_app(settings, "nearcaipi-inference")
 
     pools: dict[int, PoolIndex] = {}
+    embedding_versions: set[int] = set()
+    embedding_lock = threading.Lock()
+
+    def embed_pool_in_background(version: int) -> None:
+        """Embed every stored image that lacks a prediction under ``version``, in one thread per version at a time.
+
+        A version promoted by a training run arrives embedded already; one promoted by hand (a rollback), or
+        images posted while another version was served, are caught up here. A call while a run for the same
+        version is going does nothing.
+        """
+        with embedding_lock:
+            if version in embedding_versions:
+                return
+            embedding_versions.add(version)
+
+        def work() -> None:
+            try:
+                embed_pool(records, objects, version, served.cache.get(version), settings.max_image_pixels)
+            except Exception:
+                logger.exception("Embedding the pool under model version %d failed; the next query retries", version)
+            finally:
+                with embedding_lock:
+                    embedding_versions.discard(version)
+
+        threading.Thread(target=work, name=f"embed-pool-v{version}", daemon=True).start()
 
     def pool_of(version: int) -> PoolIndex:
         # One codebook per served version; an older one is dropped when the served version changes.
         if version not in pools:
             pools.clear()
             pools[version] = PoolIndex(records, version)
+            # Images posted while another version was served have no embedding under this one yet.
+            embed_pool_in_background(version)
         return pools[version]
 
     def enqueue_explanation(image_id: str, model_version: int, method: str) -> bool:
@@ -113,6 +141,9 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Messages can be lost with a crashed worker or broker; the records remember what is still owed.
+        promoted = records.promoted_model_version()
+        if promoted is not None:
+            embed_pool_in_background(promoted.version)
         pending = records.unfinished_explanations(max_attempts=MAX_EXPLANATION_ATTEMPTS)
         for item in pending:
             enqueue_explanation(item.image_id, item.model_version, item.method)
@@ -353,18 +384,16 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         if records.count_reviews() == 0:
             raise ApiError(409, "no reviews yet", "review at least one image before training from reviews")
         run = _queue_training_from_reviews(request_body.strategy, request_body.profile)
-        return TrainingRunPublic.model_validate(run, from_attributes=True)
+        return _training_run_public(run)
 
     @app.get("/v1/training-runs", response_model=list[TrainingRunPublic], tags=["training"])
     def list_training_runs(limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[TrainingRunPublic]:
         """Training runs, newest first."""
-        return [
-            TrainingRunPublic.model_validate(run, from_attributes=True) for run in records.list_training_runs(limit)
-        ]
+        return [_training_run_public(run) for run in records.list_training_runs(limit)]
 
     @app.get("/v1/training-runs/{run_id}", response_model=TrainingRunPublic, tags=["training"])
     def get_training_run(run_id: int) -> TrainingRunPublic:
-        return TrainingRunPublic.model_validate(_find_training_run(run_id), from_attributes=True)
+        return _training_run_public(_find_training_run(run_id))
 
     @app.get("/v1/training-runs/{run_id}/refutations", response_model=list[RefutationPublic], tags=["training"])
     def list_refutations(run_id: int) -> list[RefutationPublic]:
@@ -381,6 +410,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         if records.get_model_version(version) is None:
             raise ApiError(404, "model version not found", f"no model version {version} exists")
         records.promote(version)
+        embed_pool_in_background(version)
         return ModelVersionPublic.model_validate(records.get_model_version(version), from_attributes=True)
 
     @app.get("/v1/models/current", response_model=ModelVersionPublic, tags=["models"])
@@ -441,6 +471,13 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         except ApiError as error:
             # The review is stored either way; the next review tries again.
             logger.warning("Automatic training run not queued: %s", error.message)
+
+    def _training_run_public(run: TrainingRunRecord) -> TrainingRunPublic:
+        public = TrainingRunPublic.model_validate(run, from_attributes=True)
+        if run.model_version is not None:
+            version = records.get_model_version(run.model_version)
+            public.model_status = version.status if version is not None else None
+        return public
 
     def _find_training_run(run_id: int) -> TrainingRunRecord:
         run = records.get_training_run(run_id)

@@ -115,6 +115,9 @@ class TrainingRunPublic(BaseModel):
     seed: int
     summary: dict[str, Any] | None
     model_version: int | None
+    model_status: str | None = Field(
+        default=None, description="promoted, candidate (worse than the served version, kept) or retired"
+    )
     error: str | None
     requested_at: datetime
     finished_at: datetime | None

@@ -297,7 +297,10 @@ def _open_stack(settings: StackSettings):
 
 def _load_classifier(checkpoint: Path | None) -> Classifier:
     if checkpoint is not None:
-        return load_checkpoint(checkpoint.read_bytes())
+        try:
+            return load_checkpoint(checkpoint.read_bytes())
+        except ValueError as error:
+            raise ValueError(f"{checkpoint}: {error}") from error
 
     records, objects = _open_stack(StackSettings())
     record = records.promoted_model_version()
@@ -620,9 +623,19 @@ def _explain(arguments: argparse.Namespace) -> int:
         f"class {classifier.card.class_names[explanation.target_class]} "
         f"(p {explanation.target_probability:.3f}), peak at row {peak[0]} column {peak[1]}"
         f"{', flat: the masks did not change the prediction' if explanation.flat else ''}, "
-        f"{seconds:.1f} s for {explanation.masks_used} masks ({parameters.precision})\noverlay written to {output}"
+        f"{seconds:.1f} s for {explanation.masks_used} masks ({parameters.precision}{_adaptive_outcome(explanation)})"
+        f"\noverlay written to {output}"
     )
     return 0
+
+
+def _adaptive_outcome(explanation) -> str:
+    parameters = explanation.parameters
+    if parameters.target_agreement is None:
+        return ""
+    if explanation.masks_used < parameters.masks:
+        return f", adaptive: converged after {explanation.masks_used} of {parameters.masks}"
+    return f", adaptive: not converged to {parameters.target_agreement} before all {parameters.masks} masks"
 
 
 def _camera(arguments: argparse.Namespace) -> int:

@@ -58,8 +58,9 @@ class ReviewAdditions:
 def defect_mask(review: ReviewRecord, height: int, width: int) -> np.ndarray:
     """Paint a review's defect boxes into an (H, W) bool mask; it is all False when no box was marked."""
     mask = np.zeros((height, width), dtype=bool)
-    for box in review.defect_boxes or []:
-        mask |= box_to_mask(tuple(box), (height, width))
+    for left, top, right, bottom in review.defect_boxes or []:
+        # Review boxes exclude their right and bottom edges; box_to_mask takes inclusive VOC-style boxes.
+        mask |= box_to_mask((left, top, right - 1, bottom - 1), (height, width))
     return mask
 
 

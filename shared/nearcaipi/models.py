@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,6 +128,8 @@ class Classifier:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.card = card
+        # Held by code that attaches forward hooks (embeddings), so that a hook never sees another thread's pass.
+        self.lock = threading.RLock()
         self._mean = torch.tensor(card.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(card.std, device=self.device).view(1, 3, 1, 1)
 
@@ -165,8 +168,20 @@ def save_checkpoint(network: nn.Module, card: ModelCard) -> bytes:
 
 
 def load_checkpoint(data: bytes, device: torch.device | str = "cpu") -> Classifier:
-    """Rebuild a classifier from checkpoint bytes written by save_checkpoint."""
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    """Rebuild a classifier from checkpoint bytes written by save_checkpoint.
+
+    Raises:
+        ValueError: the bytes are not a NearCAIPI checkpoint.
+    """
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:
+        # torch raises UnpicklingError, RuntimeError or EOFError depending on how the bytes are wrong.
+        raise ValueError(
+            f"not a NearCAIPI checkpoint ({type(error).__name__}); write one with nearcaipi train"
+        ) from error
+    if not isinstance(payload, dict) or "card" not in payload or "state_dict" not in payload:
+        raise ValueError("not a NearCAIPI checkpoint: it has no model card and weights; write one with nearcaipi train")
     card_fields = dict(payload["card"])
     for name in ("class_names", "mean", "std"):
         card_fields[name] = tuple(card_fields[name])

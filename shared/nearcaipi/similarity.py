@@ -35,18 +35,19 @@ def embed(classifier: Classifier, batch: torch.Tensor, batch_size: int = 64) -> 
         Embeddings (B, D) float32 and p_nok (B,) float32.
     """
     captured: list[torch.Tensor] = []
-    hook = _last_linear_layer(classifier.network).register_forward_hook(
-        lambda _module, inputs, _output: captured.append(inputs[0].detach().flatten(1).cpu())
-    )
     p_nok = []
-    try:
-        for start in range(0, len(batch), batch_size):
-            chunk = batch[start : start + batch_size]
-            if chunk.dtype == torch.uint8:
-                chunk = chunk.float() / 255.0
-            p_nok.append(classifier.probabilities(chunk)[:, 1].cpu())
-    finally:
-        hook.remove()
+    with classifier.lock:
+        hook = _last_linear_layer(classifier.network).register_forward_hook(
+            lambda _module, inputs, _output: captured.append(inputs[0].detach().flatten(1).cpu())
+        )
+        try:
+            for start in range(0, len(batch), batch_size):
+                chunk = batch[start : start + batch_size]
+                if chunk.dtype == torch.uint8:
+                    chunk = chunk.float() / 255.0
+                p_nok.append(classifier.probabilities(chunk)[:, 1].cpu())
+        finally:
+            hook.remove()
 
     if not captured:
         return np.empty((0, 0), dtype=np.float32), np.empty(0, dtype=np.float32)

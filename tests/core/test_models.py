@@ -63,3 +63,19 @@ def test_checkpoint_round_trip_keeps_card_and_outputs() -> None:
 
     assert restored.card == card
     assert restored.predict([image]) == pytest.approx(classifier.predict([image]), abs=1e-6)
+
+
+def test_non_checkpoint_bytes_are_rejected() -> None:
+    import io
+
+    import pytest
+    import torch
+
+    from nearcaipi.models import load_checkpoint
+
+    with pytest.raises(ValueError, match="not a NearCAIPI checkpoint"):
+        load_checkpoint(b"# README\n")
+    buffer = io.BytesIO()
+    torch.save({"weights": torch.zeros(2)}, buffer)
+    with pytest.raises(ValueError, match="has no model card and weights"):
+        load_checkpoint(buffer.getvalue())

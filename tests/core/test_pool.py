@@ -135,3 +135,17 @@ def test_extended_index_equals_one_built_at_once() -> None:
         assert grown.nearest_to_key(key, 1) == whole.nearest_to_key(key, 1)
     with pytest.raises(ValueError, match="unique"):
         grown.extend(keys[:1], embeddings[:1], classes[:1])
+
+
+def test_review_boxes_exclude_right_and_bottom_edges() -> None:
+    from nearcaipi.learning import defect_mask
+
+    review = ReviewRecord(label="NOK", defect_boxes=[[1, 2, 4, 5], [0, 0, 8, 6]])
+    whole = defect_mask(ReviewRecord(label="NOK", defect_boxes=[[0, 0, 8, 6]]), 6, 8)
+    small = defect_mask(ReviewRecord(label="NOK", defect_boxes=[[1, 2, 4, 5]]), 6, 8)
+
+    assert whole.all()
+    assert small.sum() == 9
+    assert small[2:5, 1:4].all()
+    assert defect_mask(review, 6, 8).all()
+    assert not defect_mask(ReviewRecord(label="OK", defect_boxes=[]), 6, 8).any()

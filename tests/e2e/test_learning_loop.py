@@ -65,6 +65,16 @@ def brute_force_neighbours(records: RecordStore, version: int, image_id: str) ->
     return best[True][1], best[False][1]
 
 
+def test_box_touching_image_edges_is_accepted(production_stack: RunningStack, tile_paths: list[Path]) -> None:
+    inspection = post_images(production_stack, tile_paths[:1])[0]
+    whole_image = [0, 0, inspection["width"], inspection["height"]]
+
+    response = post_review(production_stack, inspection["image_id"], {"label": "NOK", "defect_boxes": [whole_image]})
+
+    assert response.status_code == 201, response.text
+    assert response.json()["defect_boxes"] == [whole_image]
+
+
 def test_review_is_stored_and_shown(production_stack: RunningStack, tile_paths: list[Path]) -> None:
     inspection = post_images(production_stack, tile_paths[:1])[0]
     box = [10, 5, 40, 30]
@@ -123,6 +133,12 @@ def test_neighbours_match_brute_force(production_stack: RunningStack, tile_paths
     inspections = post_images(production_stack, tile_paths)
     reviewed = inspections[0]["image_id"]
     assert post_review(production_stack, reviewed, {"label": "OK"}).status_code == 201
+    # Images posted by earlier tests under other versions are embedded in the background; wait until all are.
+    deadline = time.monotonic() + 120
+    while production_stack.records.images_without_prediction(production_stack.model_version, 1):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the pool was not embedded under the served version\n{production_stack.logs()}")
+        time.sleep(0.5)
 
     for inspection in inspections[:3]:
         response = httpx.get(f"{production_stack.api_url}/v1/images/{inspection['image_id']}/neighbours", timeout=30)
@@ -253,6 +269,7 @@ def test_training_run_learns_from_reviews(learning_stack: RunningStack, tile_pat
 
     new_version = run["model_version"]
     assert new_version == stack.model_version + 1
+    assert run["model_status"] == "promoted"
     model = httpx.get(f"{api}/v1/models/current").json()
     assert model["version"] == new_version
     for inspection in inspections:
@@ -262,9 +279,17 @@ def test_training_run_learns_from_reviews(learning_stack: RunningStack, tile_pat
     assert neighbours["label"] == corrected_label
     assert stack.records.latest_reviews()[corrected["image_id"]].training_run_id == run["id"]
 
+    # An image posted under the new version has no prediction under the old one until the rollback embeds it.
+    late = post_images(stack, tile_paths[:1])[0]
+    assert late["model_version"] == new_version
     rolled_back = httpx.post(f"{api}/v1/models/{stack.model_version}/promote")
     assert rolled_back.status_code == 200
     assert httpx.get(f"{api}/healthz").json()["model_version"] == stack.model_version
+    deadline = time.monotonic() + 60
+    while stack.records.get_prediction(late["image_id"], stack.model_version) is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the rollback did not embed the pool under the old version\n{stack.logs()}")
+        time.sleep(0.5)
     assert httpx.post(f"{api}/v1/models/999/promote").status_code == 404
 
 
