@@ -9,7 +9,6 @@ import hashlib
 import logging
 import re
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,16 +25,14 @@ from nearcaipi.data import CLASS_NAMES
 from nearcaipi.imaging import IDENTIFIER_PATTERN, InvalidImageError, decode_image
 from nearcaipi.learning import defect_mask, encode_mask
 from nearcaipi.logs import configure_logging
-from nearcaipi.pipeline import ModelCache, ServedModel, label_of
-from nearcaipi.pool import PoolIndex, embed_pool
+from nearcaipi.pipeline import ModelCache, ServedModel
+from nearcaipi.pool import PoolIndex, embed_pool, predict_and_embed
 from nearcaipi.queue import EXPLAIN_TASK, TRAIN_TASK, create_celery_app
 from nearcaipi.selection import choose_for_review
-from nearcaipi.similarity import embed
 from nearcaipi.storage.objects import ObjectNotFoundError, open_object_store
 from nearcaipi.storage.records import (
     ExplanationRecord,
     ImageRecord,
-    PredictionRecord,
     RecordStore,
     ReviewRecord,
     TrainingRunRecord,
@@ -100,8 +97,8 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     def embed_pool_in_background(version: int) -> None:
         """Embed every stored image that lacks a prediction under ``version``, in one thread per version at a time.
 
-        A version promoted by a training run arrives embedded already; one promoted by hand (a rollback), or
-        images posted while another version was served, are caught up here. A call while a run for the same
+        A version promoted by a training run arrives embedded already. A version promoted by hand (a rollback)
+        and images posted while another version was served are caught up here. A call while a run for the same
         version is going does nothing.
         """
         with embedding_lock:
@@ -198,13 +195,10 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         model_version, classifier = current
 
         # One forward pass yields the verdict and the embedding that near hits and misses are found with.
-        started = time.perf_counter()
-        embeddings, p_values = embed(classifier, classifier.to_input(decoded.pixels))
-        p_nok = float(p_values[0])
-        latency_ms = (time.perf_counter() - started) * 1000.0
+        image_id = uuid.uuid4().hex
+        prediction = predict_and_embed(classifier, decoded.pixels, image_id, model_version)
 
         # The bytes go to the object store before the record exists, so no record points at a missing image.
-        image_id = uuid.uuid4().hex
         object_key = f"images/{image_id}.{decoded.suffix}"
         objects.put(object_key, data, f"image/{decoded.format.lower()}")
         image = ImageRecord(
@@ -218,14 +212,6 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
         )
-        prediction = PredictionRecord(
-            image_id=image_id,
-            model_version=model_version,
-            label=label_of(p_nok),
-            p_nok=p_nok,
-            latency_ms=latency_ms,
-            embedding=embeddings[0].tobytes(),
-        )
         records.add_inspection(image, prediction, EXPLANATION_METHOD)
         enqueue_explanation(image_id, model_version, EXPLANATION_METHOD)
 
@@ -234,9 +220,9 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             image_id,
             camera_id,
             prediction.label,
-            p_nok,
+            prediction.p_nok,
             model_version,
-            latency_ms,
+            prediction.latency_ms,
         )
         return _inspection(request, records.get_image(image_id))
 
@@ -353,7 +339,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
 
     @app.get("/v1/images/{image_id}/reviews", response_model=list[ReviewPublic], tags=["reviews"])
     def list_reviews(image_id: str) -> list[ReviewPublic]:
-        """All reviews of an image, oldest first; the last one counts."""
+        """Return all reviews of an image, oldest first. The last one counts."""
         image = _find_image(image_id)
         return [ReviewPublic.model_validate(review, from_attributes=True) for review in image.reviews]
 
@@ -429,19 +415,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
 
     def _predict_and_store(image: ImageRecord, version: int, classifier) -> None:
         pixels = decode_image(objects.get(image.object_key), settings.max_image_pixels).pixels
-        started = time.perf_counter()
-        embeddings, p_values = embed(classifier, classifier.to_input(pixels))
-        p_nok = float(p_values[0])
-        records.add_prediction(
-            PredictionRecord(
-                image_id=image.id,
-                model_version=version,
-                label=label_of(p_nok),
-                p_nok=p_nok,
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-                embedding=embeddings[0].tobytes(),
-            )
-        )
+        records.add_prediction(predict_and_embed(classifier, pixels, image.id, version))
 
     def _queue_training_from_reviews(strategy: str, profile: str) -> TrainingRunRecord:
         promoted = records.promoted_model_version()

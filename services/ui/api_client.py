@@ -8,6 +8,7 @@ import httpx
 import streamlit as st
 
 NO_MODEL_DETAIL = "no model version is promoted"
+# A closed port fails at once, but an unreachable host only after the connect timeout, which blocks the page.
 REQUEST_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 IMAGE_CACHE_ENTRIES = 1000
 WRONG_SERVER_HINT = "Check that NEARCAIPI_API_URL points at the NearCAIPI inference API."

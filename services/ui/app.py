@@ -20,6 +20,7 @@ import streamlit as st
 from pydantic import ValidationError
 
 from nearcaipi.config import ConsoleSettings
+from nearcaipi.selection import STRATEGY_TITLES
 from services.ui.api_client import (
     ApiResponseError,
     _describe,
@@ -53,18 +54,9 @@ MAX_COMMENT_CHARS = 2000  # the API's limit per review
 MAX_REVIEWER_CHARS = 64  # as in REVIEWER_PATTERN
 RECENT_TRAINING_RUNS = 5
 THUMBNAIL_WIDTH = 240
-# A closed port fails at once, but an unreachable host only after the connect timeout, which blocks the page.
 
 VIEW_RECENT = "recent"
 VIEW_QUEUE = "queue"
-# The API's selection strategies (nearcaipi.selection.STRATEGIES), written out because that module needs PyTorch.
-STRATEGY_TITLES = {
-    "random": "Random add",
-    "al": "AL",
-    "near_al": "Near AL",
-    "caipi": "CAIPI",
-    "near_caipi": "Near CAIPI",
-}
 DEFAULT_QUEUE_STRATEGY = "al"
 DEFAULT_TRAINING_STRATEGY = "near_caipi"
 LABELS = ("OK", "NOK")

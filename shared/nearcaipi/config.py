@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nearcaipi.selection import STRATEGIES
+
 if TYPE_CHECKING:
     from nearcaipi.explanation import ExplanationParameters
 
@@ -130,10 +132,8 @@ class InferenceSettings(StackSettings):
     retrain_after_reviews: int = Field(
         default=0, ge=0, description="Queue a training run from reviews after this many new reviews; 0 turns it off."
     )
-    # The names of nearcaipi.selection.STRATEGIES, written out because that module needs PyTorch.
-    retrain_strategy: Literal["random", "al", "near_al", "caipi", "near_caipi"] = Field(
-        default="near_caipi", description="Selection strategy of those runs."
-    )
+    # Subscripting Literal with the tuple lists its members, so only the known strategies pass validation.
+    retrain_strategy: Literal[STRATEGIES] = Field(default="near_caipi", description="Selection strategy of those runs.")
     device: str = Field(default="auto", description="auto (CUDA when visible, else CPU), cpu, cuda or cuda:N.")
     torch_threads: int = Field(default=0, ge=0, description="0 leaves PyTorch's default.")
 

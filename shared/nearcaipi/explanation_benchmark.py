@@ -1,6 +1,6 @@
 """Speed, memory and fidelity of RISE and InvRISE: the benchmark behind ``nearcaipi benchmark-explanation``.
 
-Timing uses a ResNet-18 (or another backbone) at a fixed input size; the weights do not change the cost, so
+Timing uses a ResNet-18 (or another backbone) at a fixed input size. The weights do not change the cost, so
 untrained weights serve when no checkpoint is given. Fidelity and the adaptive trade-off need a trained model
 and real images: they run on the checkpoint's own input size and on the images given.
 

@@ -128,7 +128,7 @@ class Classifier:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.card = card
-        # Held by code that attaches forward hooks (embeddings), so that a hook never sees another thread's pass.
+        # Held by code that attaches forward hooks (embeddings), so a hook never captures another thread's pass.
         self.lock = threading.RLock()
         self._mean = torch.tensor(card.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(card.std, device=self.device).view(1, 3, 1, 1)

@@ -127,6 +127,26 @@ class PoolIndex:
         return self._predicted[image_id], "prediction"
 
 
+def predict_and_embed(
+    classifier: Classifier, pixels: np.ndarray, image_id: str, model_version: int
+) -> PredictionRecord:
+    """Classify and embed one (H, W, 3) uint8 image in one forward pass; returns the prediction, not yet stored.
+
+    ``latency_ms`` is the time of that forward pass.
+    """
+    started = time.perf_counter()
+    embeddings, p_values = embed(classifier, classifier.to_input(pixels))
+    p_nok = float(p_values[0])
+    return PredictionRecord(
+        image_id=image_id,
+        model_version=model_version,
+        label=label_of(p_nok),
+        p_nok=p_nok,
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+        embedding=embeddings[0].tobytes(),
+    )
+
+
 def embed_pool(
     records: RecordStore, objects: ObjectStore, model_version: int, classifier: Classifier, max_image_pixels: int
 ) -> int:
@@ -155,19 +175,7 @@ def embed_pool(
                 skipped.add(image.id)
                 continue
 
-            timer = time.perf_counter()
-            embeddings, p_values = embed(classifier, classifier.to_input(pixels))
-            p_nok = float(p_values[0])
-            stored = records.add_prediction(
-                PredictionRecord(
-                    image_id=image.id,
-                    model_version=model_version,
-                    label=label_of(p_nok),
-                    p_nok=p_nok,
-                    latency_ms=(time.perf_counter() - timer) * 1000.0,
-                    embedding=embeddings[0].tobytes(),
-                )
-            )
+            stored = records.add_prediction(predict_and_embed(classifier, pixels, image.id, model_version))
             embedded += int(stored)
 
     if embedded or skipped:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nearcaipi.similarity import SimilarityIndex
+if TYPE_CHECKING:
+    # Only a type here: without PyTorch at import time, the settings and the console can read the strategies.
+    from nearcaipi.similarity import SimilarityIndex
 
 STRATEGIES = ("random", "al", "near_al", "caipi", "near_caipi")
 STRATEGY_TITLES = {

@@ -33,7 +33,7 @@ def test_agreement_without_correlation_is_zero() -> None:
 
 
 def test_agreement_follows_spearman_brown() -> None:
-    # All N masks drawn: the map is the full map, whatever the halves say.
+    # All N masks drawn: the map is the full map, whatever the halves' correlation.
     assert predicted_agreement(0.5, 1000, 1000) == pytest.approx(1.0)
     # A quarter drawn with R_n = 0.9: R_N = 4 * 0.9 / (1 + 3 * 0.9), and sqrt(R_n / R_N) = sqrt(3.7 / 4).
     r_half = 0.9 / (2 - 0.9)
@@ -181,8 +181,8 @@ def test_batch_adaptive_stops_each_image_separately() -> None:
     images = torch.cat([white_image(), 0.5 * white_image()])
 
     def mixed_model(batch: torch.Tensor) -> torch.Tensor:
-        # Masked copies of the white image keep pixels above 0.5 and see the patch model; the grey image's
-        # copies never exceed 0.5 and see a constant model.
+        # Masked copies of the white image keep pixels above 0.5 and get the patch model. The grey image's
+        # copies never exceed 0.5 and get a constant model.
         bright = batch.amax(dim=(1, 2, 3)) > 0.6
         return torch.where(bright[:, None], patch_model(batch), constant_model(batch))
 

@@ -218,9 +218,9 @@ def wait_for_training_run(stack: RunningStack, run_id: int) -> dict:
 def test_training_run_learns_from_reviews(learning_stack: RunningStack, tile_paths: list[Path]) -> None:
     stack = learning_stack
     api = stack.api_url
-    refused = httpx.post(f"{api}/v1/training-runs", json={"strategy": "near_caipi"})
-    assert refused.status_code == 409
-    assert refused.json()["detail"] == "no reviews yet"
+    conflict = httpx.post(f"{api}/v1/training-runs", json={"strategy": "near_caipi"})
+    assert conflict.status_code == 409
+    assert conflict.json()["detail"] == "no reviews yet"
 
     inspections = post_images(stack, tile_paths)
     # The corrected image shares its prediction with at least three unreviewed images, so its near miss (the

@@ -223,7 +223,7 @@ class TrainingRunRecord(Base):
     strategy: Mapped[str | None] = mapped_column(String(16))
     """Selection strategy when the run learns from reviews; None trains from the data set alone."""
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    """What a run from reviews added: counts of reviewed images, near hits and misses, refutations."""
+    """Counts of the additions of a run from reviews: reviewed images, near hits and misses, refutations."""
     model_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version"))
     error: Mapped[str | None] = mapped_column(Text)
     requested_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=_now)
@@ -585,7 +585,7 @@ class RecordStore:
             return review
 
     def latest_reviews(self, image_ids: Iterable[str] | None = None) -> dict[str, ReviewRecord]:
-        """The latest review of each reviewed image (of ``image_ids`` when given), keyed by image id."""
+        """Return the latest review of each reviewed image (of ``image_ids`` when given), keyed by image id."""
         with self.session() as session:
             latest = select(func.max(ReviewRecord.id)).group_by(ReviewRecord.image_id)
             query = select(ReviewRecord).where(ReviewRecord.id.in_(latest))
